@@ -1,0 +1,1 @@
+"""Inverters compared against GNRI; every module exposes ``invert`` with the shared signature."""

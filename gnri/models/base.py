@@ -1,0 +1,84 @@
+"""The model-adapter contract. Adapters are the only code that imports diffusers.
+
+An adapter owns everything model-specific: latent scaling/shift/packing, the prediction type
+(eps, v or flow velocity) and its conversion to :class:`~gnri.core.Prediction`,
+classifier-free guidance, extra conditioning (SDXL time ids, Flux ids/pooled/guidance
+embedding), and grids read from the scheduler's own tables. Inverters see none of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from gnri.core import Conditioning, Denoiser, Grid, Tensor
+
+ScheduleKind = Literal["ddim", "euler", "euler_ancestral", "flow_euler"]
+SCHEDULE_KINDS = ("ddim", "euler", "euler_ancestral", "flow_euler")
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """Where the levels sit (a grid constructor), not a stepping algorithm.
+
+    ``kind``: ``ddim`` (DDIMScheduler tables), ``euler`` (EulerDiscreteScheduler sigmas, the
+    SDXL-Turbo setting), ``euler_ancestral`` (the same levels with a stored noise list drawn
+    from ``noise_seed``, as GNRI's and ReNoise's SDXL-Turbo code), ``flow_euler``
+    (FlowMatchEulerDiscreteScheduler with the model's shift). ``spacing``: the scheduler's
+    ``timestep_spacing`` (None keeps the checkpoint's own). ``strength < 1`` inverts only the
+    cleanest ``round(strength * num_steps)`` steps (partial inversion, as GNRI's demo at 0.6).
+    """
+
+    kind: ScheduleKind = "ddim"
+    num_steps: int = 50
+    spacing: Literal["leading", "trailing", "linspace"] | None = None
+    strength: float = 1.0
+    noise_seed: int = 7865
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULE_KINDS:
+            raise ValueError(f"schedule.kind must be one of {SCHEDULE_KINDS}, got {self.kind!r}")
+        if self.num_steps < 1:
+            raise ValueError(f"schedule.num_steps must be >= 1, got {self.num_steps}")
+        if self.spacing not in (None, "leading", "trailing", "linspace"):
+            raise ValueError(f"schedule.spacing must be leading, trailing or linspace, got {self.spacing!r}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"schedule.strength must be in (0, 1], got {self.strength}")
+
+
+class ModelAdapter(Protocol):
+    """What the harness, the library entry point and every inverter's caller need of a model.
+
+    Images are float tensors (B, 3, H, W) in [0, 1]; latents are whatever layout the
+    adapter's denoiser takes ((B, C, h, w) for UNets, packed (B, L, D) for Flux).
+    """
+
+    name: str
+    family: Literal["vp", "flow"]
+    guidance_distilled: bool  # SDXL-Turbo, Flux schnell/dev: CFG-based methods do not apply
+
+    def image_size(self) -> tuple[int, int]:
+        """Native (H, W) in pixels that images are resized to."""
+        ...
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """[0, 1] images -> latents: VAE posterior mode (deterministic), scaled/shifted/packed."""
+        ...
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Inverse of :meth:`encode_images`, back to [0, 1] images (clamped)."""
+        ...
+
+    def encode_prompts(
+        self, prompts: list[str], guidance_scale: float = 1.0, negative_prompts: list[str] | None = None
+    ) -> Conditioning:
+        """Text conditioning; the negative branch is built only when guidance is used."""
+        ...
+
+    def denoiser(self) -> Denoiser:
+        """The network as a :class:`~gnri.core.Denoiser` returning ``Prediction(x0, eps)``."""
+        ...
+
+    def grid(self, schedule: ScheduleSpec, latent_shape: tuple[int, ...]) -> Grid:
+        """Levels from the scheduler's own tables (and the stored noise list, if ancestral)."""
+        ...
