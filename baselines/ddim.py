@@ -34,6 +34,6 @@ def invert(
     def solve(problem: StepProblem) -> tuple[Tensor, StepInfo]:
         level = problem.explicit_level if timestep == "dst" else problem.x_level
         pred = problem.denoiser(problem.x, level, problem.cond)
-        return problem.implicit_map(pred.eps), StepInfo(iters=1)
+        return problem.implicit_map(pred), StepInfo(iters=1)
 
     return invert_with(solve, denoiser, x0, grid, cond)

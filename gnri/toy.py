@@ -85,7 +85,7 @@ def flow_grid(num_steps: int, shift: float = 1.0) -> Grid:
     sig = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)[:-1]
     sig = shift * sig / (1 + (shift - 1) * sig)
     sigmas = [0.0] + [float(v) for v in sig.flip(0)]
-    return Grid(tuple(Level(t=v, a=1.0 - v, s=v) for v in sigmas))
+    return Grid(tuple(Level(t=v, a=1.0 - v, s=v) for v in sigmas), family="flow")
 
 
 @dataclass

@@ -21,7 +21,7 @@ def invert_with(
     for i in range(grid.num_steps):
         problem = StepProblem(
             denoiser, x=x, x_level=grid.levels[i], z_level=grid.levels[i + 1], cond=cond,
-            noise=grid.noise(i),
+            noise=grid.noise(i), family=grid.family,
         )
         x, info = solve(problem)
         trajectory.append(x)
@@ -86,7 +86,7 @@ def step_residuals(
             step_cond = Conditioning(cond.positive, c.negative, c.guidance_scale)
         problem = StepProblem(
             denoiser, result.trajectory[i], grid.levels[i], grid.levels[i + 1], step_cond,
-            grid.noise(i),
+            grid.noise(i), grid.family,
         )
         z = result.trajectory[i + 1]
         rows.append(per_sample_rms(problem.residual(problem.predict(z))))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from gnri.core.types import Conditioning, Denoiser, Level, Prediction, Tensor
 
@@ -58,9 +59,10 @@ def per_sample_rms(r: Tensor) -> Tensor:
 class StepProblem:
     """Invert one sampling step: find ``z`` at ``z_level`` whose step to ``x_level`` gives ``x``.
 
-    The two residual forms are proportional: ``z - f(z) = (z_level.a / x_level.a) * r(z)``,
-    where ``f`` is the implicit map of GNRI (arXiv 2312.12540, Eq. 4): the ``z`` that steps
-    exactly to ``x`` with the noise prediction held fixed.
+    The two residual forms are proportional: ``z - f(z) = residual_scale * r(z)``, where ``f``
+    is the implicit map of GNRI (arXiv 2312.12540, Eq. 4 and its Euler form): the ``z`` that
+    steps exactly to ``x`` with the network output held fixed (``family``: ``vp`` holds the
+    noise prediction, ``flow`` the velocity).
     """
 
     denoiser: Denoiser
@@ -69,6 +71,7 @@ class StepProblem:
     z_level: Level
     cond: Conditioning
     noise: Tensor | None = None
+    family: Literal["vp", "flow"] = "vp"
 
     def predict(self, z: Tensor) -> Prediction:
         """The network's prediction at ``z`` on the noisier level (one denoiser call)."""
@@ -91,13 +94,20 @@ class StepProblem:
         """``r(z) = sample_step(pred(z)) - x``: zero exactly at the inverse. In ``x`` units."""
         return self.step_down(pred) - self.x
 
-    def implicit_map(self, eps: Tensor) -> Tensor:
-        """``f``: the ``z`` that steps exactly onto ``x`` when the noise prediction is ``eps``.
+    def implicit_map(self, pred: Prediction) -> Tensor:
+        """``f``: the ``z`` that steps exactly onto ``x`` with ``pred``'s network output held fixed.
 
         VP: ``f = sqrt(a_t/a_{t-1}) x + sqrt(a_t) dpsi eps`` (arXiv 2312.12540, Eq. 4);
-        flow: ``f = x + (sigma_t - sigma_{t-1}) v``. Iterating it is fixed-point inversion; one
-        application with ``eps`` predicted at ``x`` is DDIM inversion.
+        flow: ``f = x + (sigma_t - sigma_{t-1}) v`` with ``v = eps - x0`` (its Euler form; the
+        eps form would collapse to ``f(z) = z`` at ``sigma = 1``). Iterating ``f`` on
+        ``predict(z)`` is fixed-point inversion; one application of ``f`` to a prediction made
+        at ``x`` is DDIM inversion.
         """
+        if self.family == "flow":
+            if self.noise is not None:
+                raise ValueError("stored (ancestral) noise is not supported on flow grids")
+            return self.x + (self.z_level.s - self.x_level.s) * (pred.eps - pred.x0)
+        eps = pred.eps
         c_x0, c_eps, c_noise = step_coefficients(self.z_level, self.x_level, self.noise is not None)
         rest = self.x - c_eps * eps
         if self.noise is not None:
@@ -106,9 +116,9 @@ class StepProblem:
 
     def fixed_point_residual(self, z: Tensor, pred: Prediction) -> Tensor:
         """``z - f(z)`` in ``z`` units (GNRI's residual)."""
-        return z - self.implicit_map(pred.eps)
+        return z - self.implicit_map(pred)
 
     @property
     def residual_scale(self) -> float:
-        """``z - f(z) == residual_scale * r(z)``."""
-        return self.z_level.a / self.x_level.a
+        """``z - f(z) == residual_scale * r(z)``: ``a_t / a_{t-1}`` (vp) or 1 (flow)."""
+        return 1.0 if self.family == "flow" else self.z_level.a / self.x_level.a

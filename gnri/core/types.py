@@ -8,11 +8,12 @@ VP/DDPM (SD, SDXL) has ``a = sqrt(alphabar)``, ``s = sqrt(1 - alphabar)``; recti
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 import torch
 
 Tensor = torch.Tensor
+FAMILIES = ("vp", "flow")
 
 
 @dataclass(frozen=True)
@@ -36,14 +37,20 @@ class Grid:
     ``levels[0]`` is where the data latent sits (the sampler's final level); ``levels[-1]`` is
     where inversion ends. ``noises[i]``, when given, is the fixed noise the (deterministic
     ancestral) sampler adds when it steps from ``levels[i + 1]`` down to ``levels[i]``.
+    ``family`` says which network output a step's implicit equation holds fixed: ``vp`` the
+    noise prediction (DDIM, arXiv 2312.12540 Eq. 4), ``flow`` the velocity ``eps - x0`` (its
+    Euler form); set by the adapter that built the grid.
     """
 
     levels: tuple[Level, ...]
     noises: tuple[Tensor, ...] | None = None
+    family: Literal["vp", "flow"] = "vp"
 
     def __post_init__(self) -> None:
         if len(self.levels) < 2:
             raise ValueError(f"a grid needs at least 2 levels, got {len(self.levels)}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"grid family must be one of {FAMILIES}, got {self.family!r}")
         if self.noises is not None and len(self.noises) != len(self.levels) - 1:
             raise ValueError(
                 f"grid has {len(self.levels) - 1} steps but {len(self.noises)} stored noises"
@@ -63,7 +70,7 @@ class Grid:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         keep = max(1, int(round(strength * self.num_steps)))
         noises = None if self.noises is None else self.noises[:keep]
-        return Grid(self.levels[: keep + 1], noises)
+        return Grid(self.levels[: keep + 1], noises, self.family)
 
     def with_noises(self, noises: tuple[Tensor, ...] | None) -> Grid:
         return replace(self, noises=noises)
