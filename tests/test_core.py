@@ -151,3 +151,21 @@ def test_ddim_inversion_error_shrinks_with_steps() -> None:
     assert errors[0] > errors[1] > errors[2]
     with pytest.raises(ValueError, match="timestep"):
         ddim.invert(den, x0, vp_grid(5), COND, timestep="middle")  # type: ignore[arg-type]
+
+
+def test_flow_implicit_map_holds_velocity_and_solves_the_pure_noise_step() -> None:
+    """On flow grids f holds v fixed, so the sigma = 1 step (a = 0) is solved like any other."""
+    den, grid = GaussianDenoiser(0.3, 0.6), flow_grid(4, shift=3.0)
+    x = _x0((1, 8, 4))
+    problem = StepProblem(den, x, grid.levels[-2], grid.levels[-1], COND, family="flow")
+    assert problem.z_level.a == 0.0
+    pred = problem.predict(x)
+    v = pred.eps - pred.x0
+    expected = x + (problem.z_level.s - problem.x_level.s) * v
+    assert torch.allclose(problem.implicit_map(pred), expected, atol=1e-12)
+    z = x
+    for _ in range(200):
+        z = problem.implicit_map(problem.predict(z))
+    assert problem.residual(problem.predict(z)).abs().max() < 1e-10
+    pred = problem.predict(z * 0.9)
+    assert torch.allclose(problem.fixed_point_residual(z * 0.9, pred), problem.residual(pred), atol=1e-12)
