@@ -61,6 +61,10 @@ class ModelAdapter(Protocol):
         """Native (H, W) in pixels that images are resized to."""
         ...
 
+    def latent_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """Shape of the latents of ``batch`` images at :meth:`image_size`."""
+        ...
+
     def encode_images(self, images: Tensor) -> Tensor:
         """[0, 1] images -> latents: VAE posterior mode (deterministic), scaled/shifted/packed."""
         ...

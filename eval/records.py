@@ -1,0 +1,217 @@
+"""The one tidy results table, its provenance, and the logger contract.
+
+Every number the benchmark produces is one row of a long table (``results.csv`` in the run
+folder; :func:`read_records` loads it): one row per model x schedule x inverter x image x metric.
+Tables, plots and W&B logs are all derived from it.
+
+Columns (:data:`COLUMNS`, in this order):
+
+- ``run_id``: one harness call (one Hydra job); ``model``, ``schedule``, ``inverter``: the
+  config names (``conf/<group>/<name>.yaml``); ``adapter``: the adapter's own ``name``;
+- ``image``: the dataset entry id (path relative to the dataset folder, or COCO file_name);
+  ``caption``: the prompt used for inversion and reconstruction;
+- ``metric``, ``value`` (float; NaN unless status is ok), ``status`` (:data:`STATUSES`),
+  ``reason`` (empty when ok), ``higher_is_better`` (bool);
+- run settings: ``num_steps`` (grid steps actually inverted, after ``strength``),
+  ``guidance_scale`` (inversion/reconstruction CFG), ``seed``;
+- provenance (:func:`provenance`, identical on every row of a run, also in
+  ``provenance.json``): ``git_commit`` (``<sha>``, ``<sha>-dirty``, or ``unknown``), ``torch_version``,
+  ``diffusers_version``, ``transformers_version``, ``device``, ``dtype``, and JSON strings
+  ``inverter_params`` (the inverter's hyperparameters), ``schedule_params`` (the ScheduleSpec
+  fields) and ``config`` (the full resolved config).
+
+Statuses: ``ok``; ``failed`` (the method or pipeline raised, or diverged: a non-finite latent,
+on a valid input); ``skipped`` (not run: the method does not apply here, it raised ValueError,
+or the dataset entry is unusable: unreadable image, missing caption); ``unavailable`` (the
+metric cannot give a real number on this machine, e.g. no real weights). A failed or skipped
+image still has one row per expected metric, so counts line up per metric.
+
+Metrics the harness itself computes (:data:`HARNESS_METRICS`); image metrics from
+``eval.metrics`` (psnr, ...) add their own rows, comparing the decoded reconstruction with the
+input image on [0, 1]:
+
+- ``psnr_vae_ceiling``: PSNR of decode(encode(x)) vs x, the best any inversion can reach;
+- ``psnr_gap_to_vae``: ``psnr_vae_ceiling - psnr`` of the reconstruction (dB; 0 is perfect);
+- ``latent_rmse``: RMS of reconstructed latent minus encoded latent (latent units);
+- ``residual_rms_mean`` / ``residual_rms_max``: mean / max over steps of the per-step RMS of
+  ``r(z_{i+1}) = sample_step(pred(z_{i+1})) - z_i`` along the inversion (gnri.core.step_residuals);
+- ``nfe_forward`` / ``nfe_backward``: network forward / backward (VJP) passes of one inversion
+  (CFG counts 2); ``nfe_forward_reconstruct``: forward passes of one reconstruction;
+- ``time_invert_s`` / ``time_reconstruct_s``: median wall seconds over ``repeats``, after warm-up;
+- ``peak_memory_mb``: peak memory during one inversion (CUDA allocator peak; CPU: process RSS).
+
+Loggers (``conf/logger/*.yaml``, built by run.py) satisfy :class:`RunLogger`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Protocol
+
+import pandas as pd
+
+STATUSES = ("ok", "failed", "skipped", "unavailable")
+PROVENANCE_COLUMNS = (
+    "git_commit", "torch_version", "diffusers_version", "transformers_version", "device", "dtype",
+    "inverter_params", "schedule_params", "config",
+)
+COLUMNS = (
+    "run_id", "model", "schedule", "inverter", "adapter", "image", "caption", "metric", "value",
+    "status", "reason", "higher_is_better", "num_steps", "guidance_scale", "seed",
+    *PROVENANCE_COLUMNS,
+)
+# name -> higher_is_better, for the metrics the harness computes itself (documented above).
+HARNESS_METRICS = {
+    "psnr_vae_ceiling": True,
+    "psnr_gap_to_vae": False,
+    "latent_rmse": False,
+    "residual_rms_mean": False,
+    "residual_rms_max": False,
+    "nfe_forward": False,
+    "nfe_backward": False,
+    "nfe_forward_reconstruct": False,
+    "time_invert_s": False,
+    "time_reconstruct_s": False,
+    "peak_memory_mb": False,
+}
+RESULTS_FILE = "results.csv"
+PROVENANCE_FILE = "provenance.json"
+
+
+class RunLogger(Protocol):
+    """What a logger config builds. ``log_rows`` gets each image's rows as they finish;
+    ``finish`` gets the whole table, the run folder and the summary Markdown once, at the end
+    (also after an interruption, with the rows kept so far)."""
+
+    def log_rows(self, rows: pd.DataFrame) -> None: ...
+
+    def finish(self, records: pd.DataFrame, run_dir: Path, summary_markdown: str) -> None: ...
+
+
+def new_run_id() -> str:
+    """A sortable unique id: ``YYYYmmdd-HHMMSS-<6 hex>``."""
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """HEAD's sha of the project checkout, ``-dirty`` with uncommitted changes or new
+    (not git-ignored) files; ``unknown`` outside a git checkout."""
+    cwd = repo or Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def to_json(value: Any) -> str:
+    """Compact, key-sorted JSON; anything JSON cannot hold is written with ``str``."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def provenance(
+    device: str,
+    dtype: str,
+    inverter_params: Mapping[str, Any] | None = None,
+    schedule_params: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """The provenance columns of a run (:data:`PROVENANCE_COLUMNS`), all strings."""
+    return {
+        "git_commit": git_commit(),
+        "torch_version": _version("torch"),
+        "diffusers_version": _version("diffusers"),
+        "transformers_version": _version("transformers"),
+        "device": device,
+        "dtype": dtype,
+        "inverter_params": to_json(dict(inverter_params or {})),
+        "schedule_params": to_json(dict(schedule_params or {})),
+        "config": to_json(dict(config or {})),
+    }
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The columns shared by every row of one run; :meth:`row` adds the per-row ones."""
+
+    run_id: str
+    model: str
+    schedule: str
+    inverter: str
+    adapter: str
+    num_steps: int
+    guidance_scale: float
+    seed: int
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    def row(
+        self, image: str, caption: str | None, metric: str, value: float, status: str,
+        reason: str, higher_is_better: bool,
+    ) -> dict[str, Any]:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        return {
+            "run_id": self.run_id, "model": self.model, "schedule": self.schedule,
+            "inverter": self.inverter, "adapter": self.adapter, "image": image,
+            "caption": caption or "", "metric": metric,
+            "value": float(value) if status == "ok" else math.nan, "status": status,
+            "reason": reason, "higher_is_better": bool(higher_is_better),
+            "num_steps": self.num_steps, "guidance_scale": self.guidance_scale, "seed": self.seed,
+            **{k: self.provenance.get(k, "") for k in PROVENANCE_COLUMNS},
+        }
+
+
+def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows -> DataFrame with exactly :data:`COLUMNS`."""
+    return pd.DataFrame(list(rows), columns=list(COLUMNS))
+
+
+def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows to a CSV, writing the header only when the file is new."""
+    if rows:
+        to_frame(rows).to_csv(path, mode="a", header=not path.exists(), index=False)
+
+
+def read_records(path: str | Path) -> pd.DataFrame:
+    """Load a ``results.csv`` (or an empty table if it has no rows yet); text stays text."""
+    file = Path(path)
+    if not file.exists() or file.stat().st_size == 0:
+        return to_frame([])
+    df = pd.read_csv(file, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+    df["value"] = pd.to_numeric(df["value"], errors="coerce")
+    df["higher_is_better"] = df["higher_is_better"].astype(str).str.lower().eq("true")
+    return df
+
+
+def write_provenance(run_dir: Path, info: RunInfo) -> Path:
+    """Write the run's identity and provenance as ``provenance.json``; returns its path."""
+    data = {
+        "run_id": info.run_id, "model": info.model, "schedule": info.schedule,
+        "inverter": info.inverter, "adapter": info.adapter, "num_steps": info.num_steps,
+        "guidance_scale": info.guidance_scale, "seed": info.seed, **info.provenance,
+    }
+    for key in ("inverter_params", "schedule_params", "config"):
+        if isinstance(data.get(key), str) and data[key]:
+            data[key] = json.loads(data[key])
+    path = run_dir / PROVENANCE_FILE
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,113 @@
+"""``summary.md``: a run's tidy table (:mod:`eval.records`) as Markdown a person reads first.
+
+One row per model / schedule / inverter, one column per metric: the mean over images with
+status ``ok`` and their count ``n``; arrows give each metric's better direction. Below it, the
+images that were not ok (failed / skipped) and the unavailable metrics, counted with reasons.
+A run on a tiny random-weight model (adapter name starting with ``tiny``) opens with a banner:
+its numbers exercise the pipeline and say nothing about image quality.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+GROUP = ["model", "schedule", "inverter"]
+SUMMARY_FILE = "summary.md"
+TINY_PREFIX = "tiny"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table (``|`` in cells escaped)."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.4g}"
+
+
+def tiny_banner(df: pd.DataFrame) -> str | None:
+    """The warning for tiny random-weight adapters, or None."""
+    tiny = sorted({a for a in df.get("adapter", pd.Series(dtype=str)) if str(a).startswith(TINY_PREFIX)})
+    if not tiny:
+        return None
+    return (
+        f"> **Tiny random-weight model ({', '.join(tiny)}).** These numbers check that the "
+        "benchmark runs end to end; they are not image quality and must not be compared with papers."
+    )
+
+
+def means_table(df: pd.DataFrame) -> str:
+    """Mean (n) of every metric over ok rows, one row per model/schedule/inverter."""
+    metrics = list(dict.fromkeys(df["metric"]))
+    better = df.drop_duplicates("metric").set_index("metric")["higher_is_better"].to_dict()
+    ok = df[df["status"] == "ok"]
+    stats = ok.groupby(GROUP + ["metric"])["value"].agg(["mean", "count"])
+    header = GROUP + [f"{m} {'↑' if better[m] else '↓'}" for m in metrics]
+    rows = []
+    for key, _ in df.groupby(GROUP, sort=True):
+        cells = list(key)
+        for m in metrics:
+            if (*key, m) in stats.index:
+                mean, n = stats.loc[(*key, m)]
+                cells.append(f"{_fmt(float(mean))} (n={int(n)})")
+            else:
+                cells.append("—")
+        rows.append(cells)
+    return markdown_table(header, rows)
+
+
+def problems_table(df: pd.DataFrame) -> str | None:
+    """Failed/skipped images (counted once per image) and unavailable metrics, with reasons."""
+    rows = []
+    for status in ("failed", "skipped"):
+        part = df[df["status"] == status].drop_duplicates(GROUP + ["image", "reason"])
+        for (*key, reason), grp in part.groupby(GROUP + ["reason"], sort=True):
+            rows.append([*key, status, f"{grp['image'].nunique()} image(s)", reason])
+    part = df[df["status"] == "unavailable"].drop_duplicates(GROUP + ["metric", "reason"])
+    for (*key, metric, reason), _ in part.groupby(GROUP + ["metric", "reason"], sort=True):
+        rows.append([*key, "unavailable", f"metric {metric}", reason])
+    if not rows:
+        return None
+    return markdown_table(GROUP + ["status", "what", "reason"], rows)
+
+
+def summarize(df: pd.DataFrame, note: str | None = None) -> str:
+    """The whole ``summary.md`` text for a results table."""
+    parts = ["# Inversion benchmark summary", ""]
+    banner = tiny_banner(df)
+    if banner:
+        parts += [banner, ""]
+    if note:
+        parts += [f"> {note}", ""]
+    if df.empty:
+        return "\n".join(parts + ["No results.", ""])
+    first = df.iloc[0]
+    runs = ", ".join(sorted(set(map(str, df["run_id"]))))
+    parts += [
+        f"Run {runs}; commit {first.get('git_commit', '?')}; device {first.get('device', '?')}, "
+        f"dtype {first.get('dtype', '?')}; {df['image'].nunique()} image(s). "
+        "Cells: mean over images with status ok (n = their count); ↑/↓: better direction.",
+        "",
+        means_table(df),
+        "",
+    ]
+    problems = problems_table(df)
+    parts += ["## Not ok", "", problems if problems else "Every image and metric is ok.", ""]
+    return "\n".join(parts)
+
+
+def write_summary(df: pd.DataFrame, run_dir: str | Path, note: str | None = None) -> Path:
+    """Write ``summary.md`` into ``run_dir``; returns its path."""
+    path = Path(run_dir) / SUMMARY_FILE
+    path.write_text(summarize(df, note), encoding="utf-8")
+    return path

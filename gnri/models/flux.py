@@ -1,0 +1,213 @@
+"""Flux adapter (FluxPipeline): packed latents, rotary ids, CLIP pooled + T5 text, guidance embedding.
+
+Latents are the VAE's ``(mode - shift_factor) * scaling_factor``, packed by FluxPipeline's
+2x2 patching into ``(B, L, 4C)`` tokens; the image ids follow the token grid, which is the
+adapter's ``image_size`` (a square grid is assumed for other token counts). ``Level.t`` is
+sigma in [0, 1], passed to the transformer exactly as FluxPipeline passes ``timestep / 1000``.
+The transformer predicts the velocity ``v = eps - x0``; with ``a = 1 - sigma``, ``s = sigma``:
+``x0 = z - sigma v``, ``eps = z + (1 - sigma) v``. Distilled guidance (the transformer's
+guidance embedding, FLUX.1-dev) is the ``guidance`` option; true CFG (two forwards) is used
+only when ``encode_prompts`` is given ``guidance_scale > 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from diffusers import FluxPipeline
+
+from gnri.core import Conditioning, Grid, Level, Prediction, Tensor
+from gnri.models.base import ScheduleSpec
+from gnri.models.common import (
+    branches,
+    freeze,
+    guided,
+    latent_dtype,
+    move,
+    pixel_size,
+    resolve_dtype,
+    stack_branches,
+    to_prediction,
+    vae_decode,
+    vae_encode,
+    vae_factors,
+)
+from gnri.models.schedules import build_grid
+
+DEV_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale (FLUX.1-dev's distilled guidance)
+MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default T5 length (FLUX.1-schnell takes 256)
+
+
+def token_grid(seq_len: int, native: tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of the packed token grid: the native one if it has ``seq_len`` tokens, else square."""
+    if native[0] * native[1] == seq_len:
+        return native
+    side = math.isqrt(seq_len)
+    if side * side != seq_len:
+        raise ValueError(
+            f"flux: cannot infer the token grid of {seq_len} tokens (native grid {native}); use image_size"
+        )
+    return (side, side)
+
+
+@dataclass
+class FluxDenoiser:
+    """FluxTransformer2DModel as a :class:`~gnri.core.Denoiser` on packed latents.
+
+    Conditioning keys: ``prompt_embeds`` (T5), ``pooled_prompt_embeds`` (CLIP), ``txt_ids``.
+    ``guidance`` is fed to the guidance embedding when the transformer has one.
+    """
+
+    transformer: Any
+    native_grid: tuple[int, int]
+    guidance: float | None
+
+    def forwards_per_call(self, cond: Conditioning) -> int:
+        return 2 if cond.uses_cfg else 1
+
+    def __call__(self, z: Tensor, level: Level, cond: Conditioning) -> Prediction:
+        parts = branches(cond)
+        batch, dtype = z.shape[0], self.transformer.dtype
+        n = batch * len(parts)
+        rows, cols = token_grid(z.shape[1], self.native_grid)
+        img_ids = FluxPipeline._prepare_latent_image_ids(n, rows, cols, z.device, dtype)
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full((n,), float(self.guidance), device=z.device, dtype=torch.float32)
+        out = self.transformer(
+            hidden_states=torch.cat([z] * len(parts)).to(dtype),
+            timestep=torch.full((n,), level.t, device=z.device, dtype=torch.float32).to(dtype),
+            guidance=guidance,
+            pooled_projections=stack_branches(parts, "pooled_prompt_embeds", batch, dtype),
+            encoder_hidden_states=stack_branches(parts, "prompt_embeds", batch, dtype),
+            txt_ids=parts[-1]["txt_ids"].to(dtype),
+            img_ids=img_ids,
+            return_dict=False,
+        )[0]
+        preds = [to_prediction(o.to(z.dtype), z, level, "flow") for o in out.chunk(len(parts))]
+        return preds[0] if len(preds) == 1 else guided(preds[0], preds[1], cond.guidance_scale)
+
+
+class FluxAdapter:
+    """Flux as a :class:`~gnri.models.base.ModelAdapter`.
+
+    Options: ``guidance`` (distilled guidance value, default 3.5, used only if the transformer
+    has guidance embeddings), ``max_sequence_length`` (T5 tokens, default 512 capped at the
+    tokenizer's length), ``image_size`` (default: the VAE config's ``sample_size``),
+    ``guidance_distilled`` (True: CFG-based methods do not apply).
+    """
+
+    family = "flow"
+
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        name: str = "flux",
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "float32",
+        guidance: float = DEV_GUIDANCE,
+        max_sequence_length: int | None = None,
+        image_size: int | Sequence[int] | None = None,
+        guidance_distilled: bool = True,
+    ) -> None:
+        self.name = name
+        self.guidance_distilled = guidance_distilled
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.pipe = move(pipe, self.device, self.dtype)
+        self.pipe.set_progress_bar_config(disable=True)
+        freeze(list(self.pipe.components.values()))
+        side = int(self.pipe.vae.config.sample_size)
+        self._image_size = pixel_size(image_size, (side, side))
+        factor = int(self.pipe.vae_scale_factor) * 2  # VAE downsampling x 2x2 packing
+        if self._image_size[0] % factor or self._image_size[1] % factor:
+            raise ValueError(f"model {name}: image_size {self._image_size} must be divisible by {factor}")
+        self._grid = (self._image_size[0] // factor, self._image_size[1] // factor)
+        limit = int(self.pipe.tokenizer_2.model_max_length)
+        self.max_sequence_length = min(max_sequence_length or MAX_SEQUENCE_LENGTH, limit)
+        self._scaling, self._shift = vae_factors(self.pipe.vae)
+        self._denoiser = FluxDenoiser(self.pipe.transformer, self._grid, guidance)
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_pipeline(cls, pipe: Any, **options: Any) -> FluxAdapter:
+        """Wrap an existing FluxPipeline (its modules are shared, not copied)."""
+        return cls(pipe, **options)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "float32",
+        variant: str | None = None,
+        **options: Any,
+    ) -> FluxAdapter:
+        """Load by hub name or local diffusers folder."""
+        torch_dtype = resolve_dtype(dtype)
+        pipe = FluxPipeline.from_pretrained(str(pretrained), torch_dtype=torch_dtype, variant=variant)
+        options.setdefault("name", Path(str(pretrained)).name)
+        return cls(pipe, device=device, dtype=torch_dtype, **options)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write the wrapped pipeline as a diffusers folder."""
+        self.pipe.save_pretrained(str(folder))
+
+    # --- ModelAdapter -------------------------------------------------------------------------
+    def image_size(self) -> tuple[int, int]:
+        return self._image_size
+
+    def latent_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """Packed latent shape ``(B, L, 4C)`` of ``batch`` images at the native size."""
+        channels = int(self.pipe.transformer.config.in_channels)
+        return (batch, self._grid[0] * self._grid[1], channels)
+
+    def pack(self, latents: Tensor) -> Tensor:
+        """(B, C, h, w) -> (B, h/2 * w/2, 4C), FluxPipeline's patching."""
+        b, c, h, w = latents.shape
+        return FluxPipeline._pack_latents(latents, b, c, h, w)
+
+    def unpack(self, packed: Tensor) -> Tensor:
+        """Inverse of :meth:`pack` (token grid from the native size, else square)."""
+        b, seq_len, d = packed.shape
+        rows, cols = token_grid(seq_len, self._grid)
+        x = packed.view(b, rows, cols, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(b, d // 4, rows * 2, cols * 2)
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        return self.pack(vae_encode(self.pipe.vae, images.to(self.device), self._scaling, self._shift))
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        return vae_decode(self.pipe.vae, self.unpack(latents), self._scaling, self._shift)
+
+    def _encode(self, prompts: list[str]) -> dict[str, Tensor]:
+        embeds, pooled, txt_ids = self.pipe.encode_prompt(
+            prompt=list(prompts), prompt_2=None, device=self.device, num_images_per_prompt=1,
+            max_sequence_length=self.max_sequence_length,
+        )
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "txt_ids": txt_ids}
+
+    def encode_prompts(
+        self, prompts: list[str], guidance_scale: float = 1.0, negative_prompts: list[str] | None = None
+    ) -> Conditioning:
+        """T5 hidden states, CLIP pooled output, text ids; a negative branch (true CFG) only if
+        ``guidance_scale > 1`` (``""`` unless given)."""
+        negative = None
+        if guidance_scale > 1.0:
+            negative = self._encode(negative_prompts or [""] * len(prompts))
+        return Conditioning(self._encode(prompts), negative, guidance_scale)
+
+    def denoiser(self) -> FluxDenoiser:
+        return self._denoiser
+
+    def grid(self, schedule: ScheduleSpec, latent_shape: tuple[int, ...]) -> Grid:
+        return build_grid(
+            schedule, "flow", self.pipe.scheduler.config, tuple(latent_shape), self.name, self.device,
+            latent_dtype(self.dtype),
+        )

@@ -1,0 +1,181 @@
+"""Stable Diffusion 1.x/2.x adapter (StableDiffusionPipeline): eps or v prediction, batched CFG.
+
+``Level.t`` is the DDPM timestep the UNet is conditioned on; the UNet always sees the VP
+latent (for Euler grids that is the VE latent after ``scale_model_input``). The prediction
+type comes from the scheduler config (``epsilon`` or ``v_prediction``) unless overridden.
+Latents are ``vae_mode * scaling_factor`` (posterior mode, no sampling), in float32 (float64 for a
+float64 model) whatever precision the network runs in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from gnri.core import Conditioning, Grid, Level, Prediction, Tensor
+from gnri.models.base import ScheduleSpec
+from gnri.models.common import (
+    PREDICTION_TYPES,
+    branches,
+    freeze,
+    guided,
+    latent_dtype,
+    move,
+    pixel_size,
+    resolve_dtype,
+    stack_branches,
+    to_prediction,
+    vae_decode,
+    vae_encode,
+    vae_factors,
+)
+from gnri.models.schedules import build_grid
+
+ADDED_COND_KEYS = ("text_embeds", "time_ids")  # SDXL's added_cond_kwargs
+
+
+@dataclass
+class UNetDenoiser:
+    """A (SD or SDXL) UNet as a :class:`~gnri.core.Denoiser`.
+
+    Conditioning keys: ``prompt_embeds`` (encoder hidden states) and, for SDXL,
+    ``text_embeds`` and ``time_ids`` (added_cond_kwargs). Under CFG one UNet call evaluates
+    the batch ``[negative, positive]`` (two forwards). The network runs in its own dtype;
+    predictions come back in the latent's dtype.
+    """
+
+    unet: Any
+    prediction_type: str
+
+    def forwards_per_call(self, cond: Conditioning) -> int:
+        return 2 if cond.uses_cfg else 1
+
+    def __call__(self, z: Tensor, level: Level, cond: Conditioning) -> Prediction:
+        parts = branches(cond)
+        batch, dtype = z.shape[0], self.unet.dtype
+        z_in = torch.cat([z] * len(parts)).to(dtype)
+        t = torch.tensor(level.t, dtype=torch.float32, device=z.device)
+        hidden = stack_branches(parts, "prompt_embeds", batch, dtype)
+        added = None
+        if ADDED_COND_KEYS[0] in parts[0]:
+            added = {k: stack_branches(parts, k, batch, dtype) for k in ADDED_COND_KEYS}
+        out = self.unet(z_in, t, encoder_hidden_states=hidden, added_cond_kwargs=added, return_dict=False)[0]
+        preds = [to_prediction(o.to(z.dtype), z, level, self.prediction_type) for o in out.chunk(len(parts))]
+        return preds[0] if len(preds) == 1 else guided(preds[0], preds[1], cond.guidance_scale)
+
+
+class SDAdapter:
+    """Stable Diffusion 1.x/2.x as a :class:`~gnri.models.base.ModelAdapter`.
+
+    ``prediction_type`` (None: the scheduler config's), ``image_size`` (None: UNet
+    sample size x VAE factor, e.g. 512 for SD 1.5, 768 for SD 2.1), ``guidance_distilled``
+    (False for SD). The pipeline is moved to ``device``/``dtype``; a VAE whose config asks for
+    ``force_upcast`` stays in float32 under float16 (as in diffusers).
+    """
+
+    family = "vp"
+    pipeline_class: Any = StableDiffusionPipeline
+
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        name: str = "sd",
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "float32",
+        prediction_type: str | None = None,
+        image_size: int | Sequence[int] | None = None,
+        guidance_distilled: bool = False,
+    ) -> None:
+        self.name = name
+        self.guidance_distilled = guidance_distilled
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.pipe = move(pipe, self.device, self.dtype)
+        if self.dtype == torch.float16 and getattr(self.pipe.vae.config, "force_upcast", False):
+            self.pipe.vae.to(torch.float32)
+        self.pipe.set_progress_bar_config(disable=True)
+        freeze(list(self.pipe.components.values()))
+        self.prediction_type = prediction_type or self.pipe.scheduler.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in PREDICTION_TYPES[:3]:
+            raise ValueError(
+                f"model {name}: prediction_type must be one of {PREDICTION_TYPES[:3]}, got {self.prediction_type!r}"
+            )
+        self._image_size = pixel_size(image_size, self._default_image_size())
+        self._scaling, self._shift = vae_factors(self.pipe.vae)
+        self._denoiser = UNetDenoiser(self.pipe.unet, self.prediction_type)
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_pipeline(cls, pipe: Any, **options: Any) -> SDAdapter:
+        """Wrap an existing pipeline object (its modules are shared, not copied)."""
+        return cls(pipe, **options)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "float32",
+        variant: str | None = None,
+        **options: Any,
+    ) -> SDAdapter:
+        """Load by hub name or local diffusers folder (``variant``: e.g. ``"fp16"`` weight files)."""
+        torch_dtype = resolve_dtype(dtype)
+        pipe = cls.pipeline_class.from_pretrained(
+            str(pretrained), torch_dtype=torch_dtype, variant=variant, **cls._load_kwargs()
+        )
+        options.setdefault("name", Path(str(pretrained)).name)
+        return cls(pipe, device=device, dtype=torch_dtype, **options)
+
+    @staticmethod
+    def _load_kwargs() -> dict[str, Any]:
+        return {"safety_checker": None, "requires_safety_checker": False}
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write the wrapped pipeline as a diffusers folder."""
+        self.pipe.save_pretrained(str(folder))
+
+    def _default_image_size(self) -> tuple[int, int]:
+        side = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+        return (side, side)
+
+    # --- ModelAdapter -------------------------------------------------------------------------
+    def image_size(self) -> tuple[int, int]:
+        return self._image_size
+
+    def latent_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """Latent shape of ``batch`` images at the native size."""
+        f = int(self.pipe.vae_scale_factor)
+        return (batch, int(self.pipe.unet.config.in_channels), self._image_size[0] // f, self._image_size[1] // f)
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        return vae_encode(self.pipe.vae, images.to(self.device), self._scaling, self._shift)
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        return vae_decode(self.pipe.vae, latents, self._scaling, self._shift)
+
+    def encode_prompts(
+        self, prompts: list[str], guidance_scale: float = 1.0, negative_prompts: list[str] | None = None
+    ) -> Conditioning:
+        """CLIP hidden states; the negative branch (``""`` unless given) only when guidance > 1."""
+        use_cfg = guidance_scale > 1.0
+        pos, neg = self.pipe.encode_prompt(
+            list(prompts), self.device, 1, use_cfg, negative_prompt=negative_prompts
+        )
+        negative = {"prompt_embeds": neg} if use_cfg else None
+        return Conditioning({"prompt_embeds": pos}, negative, guidance_scale)
+
+    def denoiser(self) -> UNetDenoiser:
+        return self._denoiser
+
+    def grid(self, schedule: ScheduleSpec, latent_shape: tuple[int, ...]) -> Grid:
+        return build_grid(
+            schedule, "vp", self.pipe.scheduler.config, tuple(latent_shape), self.name, self.device,
+            latent_dtype(self.dtype),
+        )

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny random-weight adapters (session-scoped, built in code, offline).
+
+The adapters wrap real diffusers pipelines (``adapter.pipe``). They are shared by every test
+file: never mutate them; ``copy.deepcopy(adapter.pipe)`` first and wrap the copy with
+``gnri.models.load_adapter(family, pipe)``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
+
+import pytest  # noqa: E402
+
+from gnri.models.tiny import tiny_adapter  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_adapter():
+    """SD 1.x-shaped, epsilon prediction, DDIM scheduler (clip_sample off), 32 px / 16x16 latents."""
+    return tiny_adapter("sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_v_adapter():
+    """The same SD shape with v-prediction (as SD 2.x 768)."""
+    return tiny_adapter("sd", prediction_type="v_prediction")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_adapter():
+    """SDXL-shaped: two text encoders, text_time conditioning, Euler scheduler."""
+    return tiny_adapter("sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_adapter():
+    """FLUX.1-dev-shaped: guidance embedding (3.5), dynamic shift, packed 64 x 16 latents."""
+    return tiny_adapter("flux")
