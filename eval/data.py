@@ -13,7 +13,7 @@ A source that cannot be read at all (missing folder, invalid JSON file) raises a
 error. A bad *entry* (missing or unreadable file, missing caption, malformed line) becomes an
 Entry whose ``problem`` says why, so the harness records it instead of crashing.
 
-Image rule (:func:`load_image` + :func:`fit_to_size`): any PIL mode becomes RGB float in [0, 1]
+Image rule (:func:`gnri.images.load_image` + :func:`gnri.images.fit_to_size`): any PIL mode becomes RGB float in [0, 1]
 (L/LA/P/RGBA via RGBA composited on white; 16- and 32-bit integer greyscale scaled by 65535);
 then the image is resized (bilinear, antialiased) so that it covers the target size with its
 shorter side matching, and center-cropped to exactly (H, W).
@@ -22,21 +22,16 @@ shorter side matching, and center-cropped to exactly (H, W).
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 Tensor = torch.Tensor
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 CAPTIONS_FILE = "captions.jsonl"
-UINT16_MAX = 65535.0
-UINT8_MAX = 255.0
 
 
 @dataclass(frozen=True)
@@ -123,43 +118,6 @@ def coco_dataset(path: str | Path, images: str | Path | None = None) -> list[Ent
             continue
         entries.append(_entry(img["file_name"], folder / img["file_name"], captions.get(img.get("id"))))
     return entries
-
-
-def load_image(path: str | Path) -> Tensor:
-    """Any image file -> RGB float tensor (3, H, W) in [0, 1]; EXIF orientation applied."""
-    with Image.open(path) as img:
-        img.load()
-        img = ImageOps.exif_transpose(img)
-    return to_rgb_tensor(img)
-
-
-def to_rgb_tensor(img: Image.Image) -> Tensor:
-    """PIL image of any mode -> (3, H, W) float32 in [0, 1] (alpha composited on white)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        grey = np.asarray(img, dtype=np.float64) / UINT16_MAX
-        arr = np.repeat(np.clip(grey, 0.0, 1.0)[..., None], 3, axis=2)
-    else:
-        has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
-        rgba = img.convert("RGBA") if has_alpha else img.convert("RGB")
-        if has_alpha:
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            rgba = Image.alpha_composite(white, rgba).convert("RGB")
-        arr = np.asarray(rgba, dtype=np.float64) / UINT8_MAX
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
-
-
-def fit_to_size(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """Resize (C, H, W) so it covers ``size`` (shorter side matching), then center-crop to it."""
-    height, width = size
-    h, w = image.shape[-2:]
-    scale = max(height / h, width / w)
-    new_h, new_w = max(height, math.ceil(h * scale - 1e-6)), max(width, math.ceil(w * scale - 1e-6))
-    if (new_h, new_w) != (h, w):
-        image = F.interpolate(
-            image[None], size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
-        )[0].clamp(0.0, 1.0)
-    top, left = (new_h - height) // 2, (new_w - width) // 2
-    return image[..., top : top + height, left : left + width]
 
 
 # The built-in sample: (file, caption, background top, background bottom, shapes).

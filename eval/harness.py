@@ -10,7 +10,8 @@ Plain arguments only (no Hydra). Per image, batch size 1, in this order:
    :class:`gnri.core.CountingDenoiser`) under ``torch.no_grad()`` (an inverter that needs
    gradients enables them itself);
 4. reconstruct with :func:`gnri.core.reconstruct` (timed and counted separately);
-5. untimed: per-step residuals (:func:`gnri.core.step_residuals`), decode, metrics.
+5. untimed: per-step residuals (:func:`gnri.core.step_residuals`), decode, metrics, how
+   Gaussian the inverted latent is, and (with ``out_dir``) the source and reconstruction PNGs.
 
 Failures never stop the sweep: they become rows (see :mod:`eval.records` for statuses). An
 inverter raising ValueError (it does not apply here) gives ``skipped``; any other exception or
@@ -32,16 +33,34 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from eval.data import Entry, fit_to_size, load_image
+from eval.data import Entry
 from eval.metrics.base import ImageMetric
+from eval.metrics.gaussianity import LatentGaussianity
 from eval.metrics.latent import latent_rmse
 from eval.metrics.psnr import psnr
 from eval.records import (
-    HARNESS_METRICS, RESULTS_FILE, RunInfo, append_rows, new_run_id, provenance, to_frame,
+    GAUSSIANITY_ROWS,
+    HARNESS_METRICS,
+    RESULTS_FILE,
+    RunInfo,
+    append_rows,
+    new_run_id,
+    provenance,
+    to_frame,
     write_provenance,
 )
+from eval.report.plots import save_run_images
 from eval.timing import PeakMemory, time_call
-from gnri.core import Conditioning, CountingDenoiser, Grid, InversionResult, Tensor, reconstruct, step_residuals
+from gnri.core import (
+    Conditioning,
+    CountingDenoiser,
+    Grid,
+    InversionResult,
+    Tensor,
+    reconstruct,
+    step_residuals,
+)
+from gnri.images import fit_to_size, load_image
 from gnri.models.base import ModelAdapter, ScheduleSpec
 
 log = logging.getLogger(__name__)
@@ -83,6 +102,7 @@ class _Run:
     warmed: bool = False
     denoiser: Any = None
     unavailable: dict[str, str] = field(default_factory=dict)
+    image_dir: Path | None = None  # where source/reconstruction PNGs go (the run folder)
 
 
 @dataclass
@@ -136,6 +156,7 @@ def evaluate(
         raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {warmup} and {repeats}")
     run = _Run(adapter, schedule, inverter, metrics, guidance_scale, seed, warmup, repeats)
     run.unavailable = _unavailable(metrics)
+    run.image_dir = None if out_dir is None else Path(out_dir)
     entries = list(dataset)[:max_images] if max_images is not None else list(dataset)
     num_steps, device, dtype, setup_error = _probe(run)
     info = RunInfo(
@@ -289,7 +310,10 @@ def _measure(run: _Run, entry: Entry) -> dict[str, float | str]:
     with torch.no_grad():
         residuals = step_residuals(run.denoiser, result, img.grid, img.cond)[:, 0]
         decoded = run.adapter.decode_latents(z_rec)
+    if run.image_dir is not None:
+        save_run_images(run.image_dir, entry.image_id, img.pixels, decoded)
     ceiling = psnr(img.ceiling, img.pixels)[0].item()
+    normality = LatentGaussianity()(result.z)
     values: dict[str, float | str] = {
         "psnr_vae_ceiling": ceiling,
         "psnr_gap_to_vae": ceiling - psnr(decoded, img.pixels)[0].item(),
@@ -302,6 +326,7 @@ def _measure(run: _Run, entry: Entry) -> dict[str, float | str]:
         "time_invert_s": inverted.median_s,
         "time_reconstruct_s": rebuilt.median_s,
         "peak_memory_mb": memory.mb,
+        **{name: normality[name][0].item() for name in GAUSSIANITY_ROWS},
     }
     values.update(_image_metrics(run, decoded, img.pixels, entry.caption))
     return values

@@ -38,7 +38,10 @@ input image on [0, 1]:
 - ``nfe_forward`` / ``nfe_backward``: network forward / backward (VJP) passes of one inversion
   (CFG counts 2); ``nfe_forward_reconstruct``: forward passes of one reconstruction;
 - ``time_invert_s`` / ``time_reconstruct_s``: median wall seconds over ``repeats``, after warm-up;
-- ``peak_memory_mb``: peak memory during one inversion (CUDA allocator peak; CPU: process RSS).
+- ``peak_memory_mb``: peak memory during one inversion (CUDA allocator peak; CPU: process RSS);
+- ``latent_mean`` / ``latent_var`` / ``latent_ks_stat``: how Gaussian the inverted latent is
+  (ideal 0 / 1 / 0; Kolmogorov-Smirnov statistic against N(0, 1) over its values): the
+  paper's "in-distribution" claim made measurable (:mod:`eval.metrics.gaussianity`).
 
 Loggers (``conf/logger/*.yaml``, built by run.py) satisfy :class:`RunLogger`.
 """
@@ -80,7 +83,12 @@ HARNESS_METRICS = {
     "time_invert_s": False,
     "time_reconstruct_s": False,
     "peak_memory_mb": False,
+    "latent_mean": False,
+    "latent_var": False,
+    "latent_ks_stat": False,
 }
+# The rows of eval.metrics.gaussianity the harness records for the inverted latent.
+GAUSSIANITY_ROWS = ("latent_mean", "latent_var", "latent_ks_stat")
 RESULTS_FILE = "results.csv"
 PROVENANCE_FILE = "provenance.json"
 

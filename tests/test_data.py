@@ -11,9 +11,13 @@ import torch
 from PIL import Image
 
 from eval.data import (
-    coco_dataset, draw_sample, fit_to_size, folder_dataset, load_image, sample_dataset, sample_dir,
-    to_rgb_tensor,
+    coco_dataset,
+    draw_sample,
+    folder_dataset,
+    sample_dataset,
+    sample_dir,
 )
+from gnri.images import fit_to_size, load_image, to_rgb_tensor
 
 
 def _png(path: Path, colour: tuple[int, int, int] = (255, 0, 0), size: tuple[int, int] = (8, 8)) -> Path:

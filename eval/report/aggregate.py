@@ -1,0 +1,93 @@
+"""Aggregate several run folders (e.g. a Hydra multirun directory) into one table and its plots.
+
+Every ``results.csv`` found under the given paths is read with :func:`eval.records.read_records`
+and concatenated (each row keeps its ``run_id``; ``run_dir`` is added). Means and 95% confidence
+intervals are over images, per model x setting x method (:mod:`eval.report.tables`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from eval.records import RESULTS_FILE, read_records
+from eval.report.plots import convergence, convergence_from_records, quality_vs_time, run_image_grid
+from eval.report.tables import TIME_TOTAL, add_total_time, label_methods, mean_ci, write_tables
+
+COMBINED_FILE = "results_all.csv"
+
+
+def find_results(paths: Iterable[str | Path]) -> list[Path]:
+    """Every ``results.csv`` under ``paths`` (a file itself, or searched recursively), sorted, unique."""
+    found: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_file():
+            found.add(p.resolve())
+        elif p.is_dir():
+            found.update(f.resolve() for f in p.rglob(RESULTS_FILE))
+        else:
+            raise FileNotFoundError(f"aggregate: {p} does not exist")
+    return sorted(found)
+
+
+def load_results(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """All rows of all ``results.csv`` under ``paths``, with a ``run_dir`` column."""
+    files = find_results(paths)
+    frames = []
+    for f in files:
+        df = read_records(f)
+        if not df.empty:
+            frames.append(df.assign(run_dir=str(f.parent)))
+    if not frames:
+        where = [str(p) for p in files] or "the given paths"
+        raise ValueError(f"aggregate: no rows in any {RESULTS_FILE} under {where}")
+    return pd.concat(frames, ignore_index=True)
+
+
+@dataclass
+class AggregateOutput:
+    """Paths of what :func:`aggregate` wrote."""
+
+    combined: Path
+    tables: list[Path]
+    plots: list[Path] = field(default_factory=list)
+
+
+def aggregate(
+    paths: Iterable[str | Path], out_dir: str | Path, title: str | None = None, sweep_param: str | None = None
+) -> AggregateOutput:
+    """Write the combined rows, ``summary.csv``, ``paper_table.{csv,md}`` and plots into ``out_dir``.
+
+    ``quality_vs_time.png`` is drawn when PSNR and times are present; with ``sweep_param`` (an
+    inverter hyperparameter swept across the runs, e.g. ``max_iters``) also ``convergence.png``;
+    ``reconstructions_<model>.png`` per model whose runs kept their images
+    (:func:`eval.report.plots.save_run_images`).
+    """
+    records = load_results(paths)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    combined = out / COMBINED_FILE
+    records.to_csv(combined, index=False)
+    result = AggregateOutput(combined, write_tables(records, out, title))
+    metrics = set(add_total_time(records)["metric"])
+    if {"psnr", TIME_TOTAL} <= metrics:
+        result.plots.append(quality_vs_time(records, out / "quality_vs_time.png"))
+    if sweep_param:
+        frame = convergence_from_records(records, sweep_param)
+        if frame.empty:
+            raise ValueError(f"aggregate: no run has inverter parameter {sweep_param!r} with psnr/residual rows")
+        ceiling = records[(records["metric"] == "psnr_vae_ceiling") & (records["status"] == "ok")]
+        ceiling = ceiling.drop_duplicates(subset=["model", "image"])["value"].astype(float)
+        value = mean_ci(ceiling)[0] if records["model"].nunique() == 1 and not ceiling.empty else None
+        result.plots.append(convergence(frame, out / "convergence.png", ceiling=value))
+    labelled = label_methods(records)
+    for model, block in labelled.groupby("model", sort=False):
+        runs = {f"{r.method} · {r.setting}" if block["setting"].nunique() > 1 else r.method: r.run_dir
+                for r in block.drop_duplicates("run_dir").itertuples()}
+        grid = run_image_grid(runs, out / f"reconstructions_{model}.png")
+        if grid is not None:
+            result.plots.append(grid)
+    return result

@@ -1,0 +1,261 @@
+"""Paper-shaped tables (Markdown and CSV) from the tidy results table (``eval.records``).
+
+Every number is a mean over images with its 95% confidence interval (Student t, over images;
+never pooled within a batch). Rows with status other than ``ok`` are counted, not averaged:
+a cell shows ``n/a`` when no image has a value and a footnote gives the reason.
+
+Methods and settings are labelled from the table itself: ``method`` is the inverter name plus
+the hyperparameters that differ between runs of that inverter (``gnri[max_iters=1]``), and
+``setting`` the schedule name plus whatever differs between runs of it (steps, guidance, schedule
+fields), so a sweep aggregated from a Hydra multirun stays readable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from eval.summary import tiny_banner
+
+CI_LEVEL = 0.95
+TIME_TOTAL = "time_total_s"  # derived: inversion + reconstruction seconds of one image (paper's time axis)
+VAE_ROW = "VAE ceiling"
+# (metric, header, format) of the paper table, in column order; absent metrics are dropped.
+PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("psnr", "PSNR (dB)", "{:.2f}"),
+    ("psnr_gap_to_vae", "gap to VAE (dB)", "{:.2f}"),
+    ("lpips", "LPIPS", "{:.4f}"),
+    ("lpips_vgg", "LPIPS-VGG", "{:.4f}"),
+    ("ssim", "SSIM", "{:.4f}"),
+    ("clip_score", "CLIP", "{:.2f}"),
+    (TIME_TOTAL, "time (s)", "{:.3g}"),
+    ("nfe_forward", "NFE", "{:.4g}"),
+    ("nfe_backward", "VJP", "{:.4g}"),
+)
+DEFAULT_HIGHER = {"psnr": True, "psnr_vae_ceiling": True, "ssim": True, "clip_score": True}
+GROUP = ("model", "setting", "method")
+SETTING_FIELDS = ("num_steps", "guidance_scale")
+
+
+def mean_ci(values: Iterable[float], level: float = CI_LEVEL) -> tuple[float, float, int]:
+    """(mean, CI half-width, n) of the finite values; half-width NaN when n < 2."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    n = int(x.size)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n < 2:
+        return float(x.mean()), math.nan, n
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+    return float(x.mean()), float(half), n
+
+
+def parse_params(text: Any) -> dict[str, Any]:
+    """A JSON object column value (``inverter_params``, ...) as a dict; {} if empty or not an object."""
+    if not isinstance(text, str) or not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _label_column(records: pd.DataFrame, key: str, sources: Sequence[str]) -> pd.Series:
+    """For each distinct ``key`` value, label rows ``key[k=v,...]`` by the fields of ``sources`` that vary."""
+    sub = records[[key, *sources]].astype(str)
+    labels: dict[tuple[str, ...], str] = {}
+    for name, block in sub.drop_duplicates().groupby(key, sort=False):
+        flat = []
+        for row in block.itertuples(index=False):
+            d: dict[str, Any] = {}
+            for src, value in zip(sources, row[1:]):
+                d.update(parse_params(value) if src.endswith("_params") else {src: value})
+            flat.append(d)
+        settings = pd.DataFrame(flat).drop(columns=["name", "_target_", "_partial_"], errors="ignore")
+        varying = [k for k in settings.columns if settings[k].astype(str).nunique() > 1]
+        for row, d in zip(block.itertuples(index=False), flat):
+            parts = [f"{k}={d.get(k)}" for k in varying]
+            labels[tuple(row)] = f"{name}[{','.join(parts)}]" if parts else str(name)
+    return pd.Series([labels[tuple(r)] for r in sub.itertuples(index=False)], index=records.index)
+
+
+def label_methods(records: pd.DataFrame) -> pd.DataFrame:
+    """Copy of ``records`` with ``method`` and ``setting`` columns (see module docstring)."""
+    out = records.copy()
+    if out.empty:
+        out["method"], out["setting"] = pd.Series(dtype=str), pd.Series(dtype=str)
+        return out
+    inv_src = [c for c in ("inverter_params",) if c in out.columns]
+    set_src = [c for c in ("schedule_params", *SETTING_FIELDS) if c in out.columns]
+    out["method"] = _label_column(out, "inverter", inv_src) if inv_src else out["inverter"].astype(str)
+    out["setting"] = _label_column(out, "schedule", set_src) if set_src else out["schedule"].astype(str)
+    return out
+
+
+def add_total_time(records: pd.DataFrame) -> pd.DataFrame:
+    """Append ``time_total_s`` rows (invert + reconstruct of the same run and image) where both are ok."""
+    parts = ("time_invert_s", "time_reconstruct_s")
+    if TIME_TOTAL in set(records["metric"]):
+        return records
+    times = records[records["metric"].isin(parts) & (records["status"] == "ok")]
+    keys = [c for c in ("run_id", "model", "schedule", "inverter", "image") if c in records.columns]
+    both = times.groupby(keys, sort=False)["metric"].transform("nunique") == len(parts)
+    times = times[both]
+    if times.empty:
+        return records
+    total = times.groupby(keys, sort=False)["value"].sum()
+    first = times.drop_duplicates(subset=keys).set_index(keys)
+    first = first.assign(metric=TIME_TOTAL, value=total, higher_is_better=False, reason="").reset_index()
+    return pd.concat([records, first[records.columns]], ignore_index=True)
+
+
+def summarize(records: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
+    """One row per ``by`` x metric: mean, ci95, n (ok images), n_rows, counts per status, a reason."""
+    df = add_total_time(label_methods(records))
+    keys = [*by, "metric"]
+    cols = [*keys, "mean", "ci95", "n", "n_rows", "n_failed", "n_skipped", "n_unavailable", "higher_is_better",
+            "reason"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    value = df["value"].astype(float)
+    value = value.where((df["status"] == "ok") & np.isfinite(value))
+    bad_reason = df["reason"].astype(str).where((df["status"] != "ok") & (df["reason"].astype(str) != ""))
+    work = df[keys].assign(
+        value=value, failed=df["status"] == "failed", skipped=df["status"] == "skipped",
+        unavailable=df["status"] == "unavailable", hib=df["higher_is_better"].astype(bool), why=bad_reason,
+    )
+    g = work.groupby(keys, sort=False, dropna=False)
+    out = g.agg(mean=("value", "mean"), sd=("value", "std"), n=("value", "count"), n_rows=("value", "size"),
+                n_failed=("failed", "sum"), n_skipped=("skipped", "sum"), n_unavailable=("unavailable", "sum"),
+                higher_is_better=("hib", "first"), reason=("why", "first")).reset_index()
+    n = out["n"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tcrit = np.where(n > 1, stats.t.ppf(0.5 + CI_LEVEL / 2, np.maximum(n - 1, 1)), np.nan)
+        out["ci95"] = tcrit * out["sd"].to_numpy(dtype=float) / np.sqrt(n)
+    out["reason"] = out["reason"].fillna("")
+    return out[cols]
+
+
+def _vae_ceiling(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean VAE-ceiling PSNR per (model, setting), each image counted once."""
+    ceil = df[(df["metric"] == "psnr_vae_ceiling") & (df["status"] == "ok")]
+    ceil = ceil.drop_duplicates(subset=["model", "setting", "image"])
+    rows = []
+    for (model, setting), block in ceil.groupby(["model", "setting"], sort=False):
+        mean, half, n = mean_ci(block["value"].astype(float))
+        rows.append({"model": model, "setting": setting, "method": VAE_ROW, "metric": "psnr", "mean": mean,
+                     "ci95": half, "n": n, "n_rows": len(block), "n_failed": 0, "n_skipped": 0, "n_unavailable": 0,
+                     "higher_is_better": True, "reason": ""})
+    return pd.DataFrame(rows)
+
+
+def paper_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Wide table: a row per model x setting x method (plus the VAE ceiling), ``<metric>`` and ``<metric>_ci95``."""
+    summary = summarize(records)
+    labelled = label_methods(records)
+    summary = pd.concat([summary, _vae_ceiling(labelled)], ignore_index=True) if not labelled.empty else summary
+    wanted = [m for m, _, _ in PAPER_COLUMNS if m in set(summary["metric"])]
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for _, r in summary[summary["metric"].isin(wanted)].iterrows():
+        key = (r["model"], r["setting"], r["method"])
+        row = rows.setdefault(key, dict(zip(("model", "setting", "method"), key)))
+        row[r["metric"]], row[f"{r['metric']}_ci95"], row[f"{r['metric']}_n"] = r["mean"], r["ci95"], r["n"]
+    cols = ["model", "setting", "method"] + [f"{m}{s}" for m in wanted for s in ("", "_ci95", "_n")]
+    return pd.DataFrame(list(rows.values()), columns=cols)
+
+
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A GitHub pipe table (no dependency on ``tabulate``)."""
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _cell(mean: float, half: float, fmt: str) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    return fmt.format(mean) + (f" ± {fmt.format(half)}" if math.isfinite(half) and half > 0 else "")
+
+
+def paper_markdown(records: pd.DataFrame, title: str | None = None) -> str:
+    """Markdown: one paper-style table per model x setting, best method per column in bold, footnotes."""
+    if records.empty:
+        return "_no results_\n"
+    wide, summary = paper_table(records), summarize(records)
+    present = [(m, h, f) for m, h, f in PAPER_COLUMNS if m in wide.columns]
+    higher = {m: bool(g["higher_is_better"].iloc[0]) for m, g in summary.groupby("metric")}
+    parts = [f"## {title}\n"] if title else []
+    banner = tiny_banner(records)
+    if banner:
+        parts += [banner, ""]
+    for (model, setting), block in wide.groupby(["model", "setting"], sort=False):
+        cols = [(m, h, f) for m, h, f in present if _shown(block, summary, model, setting, m)]
+        up = {m: higher.get(m, DEFAULT_HIGHER.get(m, False)) for m, _, _ in cols}
+        header = ["method"] + [f"{h} {'↑' if up[m] else '↓'}" for m, h, _ in cols]
+        methods = block[block["method"] != VAE_ROW]
+        best = {m: _best(methods[m], up[m]) for m, _, _ in cols}
+        body = []
+        for _, r in block.iterrows():
+            cells = [str(r["method"])]
+            for m, _, fmt in cols:
+                text = _cell(r[m], r[f"{m}_ci95"], fmt)
+                if r["method"] != VAE_ROW and best.get(m) is not None and r[m] == best[m]:
+                    text = f"**{text}**"
+                cells.append(text if r["method"] != VAE_ROW or m == "psnr" else "")
+            body.append(cells)
+        parts += [f"### {model} · {setting}\n", markdown_table(header, body), ""]
+    notes = _footnotes(summary)
+    if notes:
+        parts += ["Notes:", *notes, ""]
+    parts.append(f"Mean ± {int(CI_LEVEL * 100)}% confidence interval over images (Student t).")
+    return "\n".join(parts) + "\n"
+
+
+def _shown(block: pd.DataFrame, summary: pd.DataFrame, model: str, setting: str, metric: str) -> bool:
+    """A column is shown if it has rows for this model x setting; ``nfe_backward`` only if any is non-zero."""
+    if metric == "nfe_backward":
+        return bool((block[metric].fillna(0) != 0).any())
+    s = summary[(summary["model"] == model) & (summary["setting"] == setting) & (summary["metric"] == metric)]
+    return not s.empty
+
+
+def _best(values: pd.Series, higher: bool) -> float | None:
+    """The best finite value, or None when there is none or every method ties."""
+    v = values.astype(float)
+    v = v[np.isfinite(v)]
+    if v.empty or v.nunique() < 2:
+        return None
+    return float(v.max() if higher else v.min())
+
+
+def _footnotes(summary: pd.DataFrame) -> list[str]:
+    """One line per metric that was unavailable, and per method x metric with failed/skipped images."""
+    notes = []
+    unavailable = summary[summary["n_unavailable"] > 0]
+    for metric, block in unavailable.groupby("metric", sort=False):
+        notes.append(f"- `{metric}` unavailable: {block['reason'].iloc[0]}")
+    bad = summary[(summary["n_failed"] + summary["n_skipped"]) > 0]
+    for _, r in bad.drop_duplicates(subset=["model", "setting", "method"]).iterrows():
+        notes.append(
+            f"- {r['model']} · {r['setting']} · {r['method']}: {r['n_failed']} failed, {r['n_skipped']} skipped "
+            f"of {r['n_rows']} images ({r['reason']})"
+        )
+    return notes
+
+
+def write_tables(records: pd.DataFrame, out_dir: str | Path, title: str | None = None) -> list[Path]:
+    """Write ``summary.csv``, ``paper_table.csv`` and ``paper_table.md`` into ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "summary.csv", out / "paper_table.csv", out / "paper_table.md"]
+    summarize(records).to_csv(paths[0], index=False)
+    paper_table(records).to_csv(paths[1], index=False)
+    paths[2].write_text(paper_markdown(records, title), encoding="utf-8")
+    return paths
