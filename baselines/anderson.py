@@ -32,9 +32,12 @@ Reported per step: ``iters`` = network calls; ``series["residual"]`` = per-sampl
 
 from __future__ import annotations
 
-import torch
-
-from baselines._common import IterateSelector, check_positive_int, check_tol, first_prediction
+from baselines._common import (
+    IterateSelector,
+    check_positive_int,
+    check_tol,
+    first_prediction,
+)
 from gnri.core import (
     Conditioning,
     Denoiser,
@@ -46,24 +49,7 @@ from gnri.core import (
     invert_with,
     per_sample_rms,
 )
-
-
-def mixing_coefficients(dF: list[Tensor], F: Tensor, regularization: float) -> Tensor:
-    """Per-sample ``argmin_gamma ||F - dF gamma||``: (B, m), in ``F``'s dtype, on its device."""
-    A = torch.stack([d.flatten(1) for d in dF], dim=-1).double()  # (B, D, m)
-    gram = A.transpose(1, 2) @ A  # (B, m, m)
-    rhs = A.transpose(1, 2) @ F.flatten(1).double().unsqueeze(-1)  # (B, m, 1)
-    scale = gram.diagonal(dim1=1, dim2=2).amax(dim=1)  # (B,)
-    ridge = regularization * scale + torch.finfo(torch.float64).tiny
-    eye = torch.eye(len(dF), dtype=gram.dtype, device=gram.device)
-    gamma = torch.linalg.solve(gram + ridge[:, None, None] * eye, rhs)
-    return gamma.squeeze(-1).to(F.dtype)
-
-
-def _combine(columns: list[Tensor], gamma: Tensor) -> Tensor:
-    """``sum_j gamma[:, j] * columns[j]`` for (B, ...) columns and (B, m) coefficients."""
-    stacked = torch.stack(columns, dim=-1)
-    return (stacked * gamma.view(gamma.shape[0], *([1] * (stacked.ndim - 2)), -1)).sum(-1)
+from gnri.core.anderson import combine, mixing_coefficients
 
 
 def invert(
@@ -104,7 +90,7 @@ def invert(
             if dF:
                 gamma = mixing_coefficients(dF, F, regularization)
                 dZ = [dg - df for dg, df in zip(dG, dF)]
-                z_next = z_next - _combine([dz + damping * df for dz, df in zip(dZ, dF)], gamma)
+                z_next = z_next - combine([dz + damping * df for dz, df in zip(dZ, dF)], gamma)
             F_prev, g_prev, z = F, g, z_next
         assert select.out is not None
         return select.out, StepInfo(iters=len(select.residuals), series={"residual": tuple(select.residuals)})
