@@ -3,13 +3,17 @@
     python run.py                                        # conf/config.yaml defaults
     python run.py inverter=fixed_point schedule.num_steps=4 max_images=2
     python run.py -m inverter=ddim,fixed_point model=tiny_sd schedule=ddim10,ddim4
+    python run.py task=edit                              # editing: the embedded world's edit pairs
+    python run.py task=exact                             # the ground-truth (known noise) track
 
 Builds plain objects from the config groups (model -> adapter, schedule -> ScheduleSpec,
 inverter -> a partial of ``invert``, dataset -> entries, metrics -> ImageMetric list, logger),
-calls :func:`eval.harness.evaluate`, and writes ``results.csv``, ``provenance.json`` and
-``summary.md`` into the Hydra run folder (one folder per job in a multirun). The top-level
-``device`` (``auto``: cuda if available, else cpu) and ``dtype`` override the model config's
-own ``device``/``dtype``; set either to ``null`` to keep the model config's value.
+calls :func:`eval.harness.evaluate` (``task=reconstruct``, the default) or, for ``task=edit``,
+``exact`` or ``interpolate``, the loops of :mod:`eval.edit_harness` (:func:`run_task`), and
+writes ``results.csv``, ``provenance.json`` and ``summary.md`` into the Hydra run folder (one
+folder per job in a multirun). The top-level ``device`` (``auto``: cuda if available, else cpu)
+and ``dtype`` override the model config's own ``device``/``dtype``; set either to ``null`` to
+keep the model config's value.
 A group choice that names no ``conf/<group>/<name>.yaml`` stops with a one-line error. In a
 multirun, a model that cannot be built (no weights, no network) does not stop the sweep: its
 job records every image as ``failed`` with the reason and the next job runs.
@@ -26,7 +30,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-GROUPS = ("model", "schedule", "inverter", "dataset", "metrics", "logger", "experiment")
+GROUPS = ("model", "schedule", "inverter", "dataset", "metrics", "logger", "task", "experiment")
+TASKS = ("reconstruct", "edit", "exact", "interpolate")
 META_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 log = logging.getLogger("run")
 
@@ -126,6 +131,41 @@ def _finish(records: Any, run_dir: Path, logger: Any, note: str | None = None) -
         logger.finish(records, run_dir, summarize(records, note))
 
 
+def run_task(task: str, node: DictConfig, adapter: Any, schedule: Any, inverter: Any, inverter_name: str,
+             dataset: Any, warmup: int, **common: Any) -> Any:
+    """``task=edit|exact|interpolate``: the loops of :mod:`eval.edit_harness` with the task's options."""
+    from eval import edit_harness
+
+    options = hyperparameters(node)
+    if task == "edit":
+        from eval.edit_data import world_dir
+        from eval.metrics.clip_score import CLIPScore
+
+        clip = dict(options.get("clip") or {})
+        if clip.get("weights") == "auto":
+            clip["weights"] = str(world_dir() / "clip")
+        settings = edit_harness.EditSettings(
+            options.get("editor", "prompt_swap"), options.get("edit_guidance_scale"),
+            options.get("negative_prompt", ""), dict(options.get("p2p") or {}),
+        )
+        return edit_harness.evaluate_edits(
+            adapter, schedule, inverter, inverter_name, dataset, settings, clip=CLIPScore(**clip),
+            lpips_net=options.get("lpips_net", "alex"), warmup=warmup,
+            save_images=bool(options.get("save_images", True)), **common,
+        )
+    if task == "exact":
+        return edit_harness.evaluate_exact(
+            adapter, schedule, inverter, inverter_name, dataset, vae_roundtrip=bool(options.get("vae_roundtrip")),
+            **common,
+        )
+    if task == "interpolate":
+        return edit_harness.evaluate_interpolation(
+            adapter, schedule, inverter, inverter_name, dataset, num_points=int(options.get("num_points", 7)),
+            lpips_net=options.get("lpips_net", "alex"), **common,
+        )
+    raise ValueError(f"run.py: task.name must be one of {TASKS}, got {task!r}")
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     import torch
@@ -154,15 +194,22 @@ def main(cfg: DictConfig) -> None:
     metric_cfg: dict = OmegaConf.to_container(cfg.metrics, resolve=True)  # type: ignore[assignment]
     metrics = build_metrics(metric_cfg["names"], metric_cfg.get("options"))
     logger = instantiate(cfg.logger) if cfg.logger and cfg.logger.get("_target_") else None
+    task = cfg.task.name if "task" in cfg else "reconstruct"
+    common: dict[str, Any] = {
+        "model_name": choices.get("model"), "schedule_name": choices.get("schedule"), "seed": cfg.seed,
+        "guidance_scale": cfg.guidance_scale, "max_images": cfg.max_images, "out_dir": run_dir,
+        "inverter_params": hyperparameters(cfg.inverter), "config": OmegaConf.to_container(cfg, resolve=True),
+        "progress": cfg.progress, "on_rows": logger.log_rows if logger is not None else None,
+    }
     try:
-        records = evaluate(
-            adapter, schedule, inverter, choices.get("inverter"), dataset, metrics,
-            model_name=choices.get("model"), schedule_name=choices.get("schedule"), seed=cfg.seed,
-            guidance_scale=cfg.guidance_scale, warmup=cfg.warmup, repeats=cfg.repeats,
-            max_images=cfg.max_images, out_dir=run_dir, inverter_params=hyperparameters(cfg.inverter),
-            config=OmegaConf.to_container(cfg, resolve=True), progress=cfg.progress,
-            on_rows=logger.log_rows if logger is not None else None,
-        )
+        if task == "reconstruct":
+            records = evaluate(
+                adapter, schedule, inverter, choices.get("inverter"), dataset, metrics, warmup=cfg.warmup,
+                repeats=cfg.repeats, **common,
+            )
+        else:
+            records = run_task(task, cfg.task, adapter, schedule, inverter, choices.get("inverter"), dataset,
+                               warmup=cfg.warmup, **common)
     except KeyboardInterrupt:
         _finish(read_records(run_dir / RESULTS_FILE), run_dir, logger, "Interrupted: finished images only.")
         raise

@@ -20,7 +20,7 @@ def image() -> torch.Tensor:
 def test_invert_a_plain_pipeline_then_regenerate_and_edit(family: str, image: torch.Tensor) -> None:
     pipe = tiny_pipeline(family)
     assert family_of(pipe) == family
-    inv = gnri.invert(pipe, image, "a red circle", schedule=None)
+    inv = gnri.invert(pipe, image, "a red circle", method="ddim")  # the family's default schedule
     rec = inv.regenerate()
     assert rec.shape == (1, 3, *inv.adapter.image_size()) and 0 <= rec.min() and rec.max() <= 1
     again = inv.regenerate("a red circle")

@@ -1,0 +1,547 @@
+"""The benchmark loops beyond reconstruction: editing, interpolation and the exact track -> the tidy table.
+
+Plain arguments only (run.py builds them from ``task=edit|interpolate|exact``). Rows follow
+:mod:`eval.records` (one per run x item x metric, statuses ok / failed / skipped / unavailable);
+a failure never stops a sweep, rows are appended to ``<out_dir>/results.csv`` as each item
+finishes, and ``provenance.json`` is written first.
+
+**Editing** (:func:`evaluate_edits`), per :class:`~eval.edit_data.EditEntry`, batch size 1:
+invert the source (fitted to the model's size) with the source caption at the run's guidance,
+reconstruct it, then edit with the target caption: ``editor="prompt_swap"``
+(:func:`gnri.edit.prompt_swap`, GNRI's editing: negative ``""``, ``edit_guidance_scale``, None =
+the inversion's) or ``"p2p"`` (:func:`gnri.edit.p2p_edit`, both branches at the edit guidance).
+The ``inverter`` column is ``<inverter>+<editor>`` (PIE-Bench's ``ddim+p2p`` naming) and
+``caption`` is ``"<source caption> -> <target caption>"``. Metrics (:data:`EDIT_METRICS`), on
+[0, 1] pixels at the model's size, edit vs source unless said otherwise:
+
+- ``edit_success``: 1 if :func:`eval.world.checker.check` reads the target caption in the edit,
+  else 0; ``recon_success``: the same for the reconstruction and the source caption (world
+  captions only; unavailable otherwise);
+- ``bg_psnr``, ``bg_ssim``, ``bg_lpips``, ``bg_mse``: background preservation over the pixels
+  outside the edited region (:mod:`eval.metrics.masked`: region reductions, not zero-filled
+  images; LPIPS AlexNet);
+- ``lpips_to_source``: whole-image LPIPS (AlexNet), the paper's editing-figure x axis;
+- ``clip_whole`` / ``clip_edited``: CLIP score of the edit / of its edited region (pixels outside
+  set to 0, as PIE-Bench) against the target caption, with the given CLIP metric (the world's
+  CLIP folder by default in run.py), unavailable with the reason without weights;
+- ``structure_distance``: PIE-Bench's DINO ViT-B/8 self-similarity distance, always unavailable
+  here (:data:`STRUCTURE_REASON`);
+- ``target_psnr``: edit vs the ground-truth target image (world only); ``recon_psnr``: the
+  reconstruction vs the source;
+- ``nfe_forward`` / ``time_invert_s``: one inversion; ``nfe_forward_edit`` / ``time_edit_s``: one
+  edit (a P2P pass runs the source/target pair as one batch and counts once).
+
+**Interpolation** (:func:`evaluate_interpolation`): consecutive dataset entries form pairs
+(0-1, 2-3, ...); both are inverted, their states slerped (:mod:`gnri.edit.interpolate`) at
+``num_points`` evenly spaced weights and regenerated. ``interp_lpips_step_mean`` /
+``interp_lpips_step_max``: LPIPS between neighbouring images (smoothness; unavailable without
+LPIPS weights), ``interp_rms_step_max``: the largest neighbour RMS pixel step,
+``interp_psnr_start`` / ``interp_psnr_end``: the path's ends vs the source images (fidelity).
+
+**Exact track** (:func:`evaluate_exact`): :func:`eval.exact_track.run_exact_track` once per
+dataset caption, with known noise seeded ``seed + index``; rows ``exact_noise_nmse``,
+``exact_latent_nmse``, ``exact_image_nmse``, ``exact_image_psnr``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from eval.data import Entry
+from eval.edit_data import EditEntry, fit_mask
+from eval.harness import BrokenAdapter
+from eval.metrics.base import ImageMetric
+from eval.metrics.masked import MaskedLPIPS, MaskedSSIM, masked_mse, masked_psnr, region_image
+from eval.metrics.psnr import psnr
+from eval.records import RESULTS_FILE, RunInfo, append_rows, new_run_id, provenance, to_frame, write_provenance
+from eval.timing import time_call
+from gnri.core import CountingDenoiser, InversionResult, Tensor, reconstruct
+from gnri.edit.edit import edit_conditioning, prompt_swap
+from gnri.edit.interpolate import interpolate, interpolation_weights
+from gnri.edit.p2p import p2p_edit
+from gnri.images import fit_to_size, load_image
+from gnri.models.base import ModelAdapter, ScheduleSpec
+
+log = logging.getLogger(__name__)
+Inverter = Callable[..., InversionResult]
+EDITORS = ("prompt_swap", "p2p")
+STRUCTURE_REASON = (
+    "structure distance needs DINO ViT-B/8 weights (facebookresearch/dino via torch.hub), "
+    "which cannot be loaded offline here"
+)
+# name -> higher_is_better (documented in the module docstring).
+EDIT_METRICS = {
+    "edit_success": True, "recon_success": True, "bg_psnr": True, "bg_ssim": True, "bg_lpips": False,
+    "bg_mse": False, "lpips_to_source": False, "clip_whole": True, "clip_edited": True,
+    "structure_distance": False, "target_psnr": True, "recon_psnr": True, "nfe_forward": False,
+    "nfe_forward_edit": False, "time_invert_s": False, "time_edit_s": False,
+}
+INTERP_METRICS = {
+    "interp_lpips_step_mean": False, "interp_lpips_step_max": False, "interp_rms_step_max": False,
+    "interp_psnr_start": True, "interp_psnr_end": True,
+}
+EXACT_METRICS = {"exact_noise_nmse": False, "exact_latent_nmse": False, "exact_image_nmse": False,
+                 "exact_image_psnr": True}
+
+
+class Skip(Exception):
+    """The item or method does not apply: its rows get status ``skipped`` with this reason."""
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A metric that cannot give a number for this item, and why."""
+
+    reason: str
+
+
+Value = float | str | Unavailable  # a number, a failure reason, or unavailable
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+@dataclass
+class _Table:
+    """Rows of one run: the shared columns, the results file and the logger callback."""
+
+    info: RunInfo
+    metrics: Mapping[str, bool]
+    out_dir: Path | None
+    on_rows: Callable[[pd.DataFrame], None] | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, item: str, caption: str, values: Mapping[str, Value], status: str = "ok", reason: str = "") -> None:
+        rows = []
+        for name, higher in self.metrics.items():
+            s, why, value = status, reason, math.nan
+            if status == "ok":
+                v = values.get(name, Unavailable("not computed for this item"))
+                if isinstance(v, Unavailable):
+                    s, why = "unavailable", v.reason
+                elif isinstance(v, str):
+                    s, why = "failed", v
+                else:
+                    value = float(v)
+            rows.append(self.info.row(item, caption, name, value, s, why, higher))
+        if self.out_dir is not None:
+            append_rows(self.out_dir / RESULTS_FILE, rows)
+        self.rows.extend(rows)
+        if self.on_rows is not None:
+            try:
+                self.on_rows(to_frame(rows))
+            except Exception:  # noqa: BLE001 - a logger never stops the benchmark
+                log.exception("logger failed on the rows of %s", item)
+
+    def run(self, item: str, caption: str, measure: Callable[[], Mapping[str, Value]]) -> None:
+        """Rows for one item; every exception but KeyboardInterrupt becomes rows."""
+        try:
+            self.add(item, caption, measure())
+        except Skip as err:
+            self.add(item, caption, {}, "skipped", str(err))
+        except Exception as err:  # noqa: BLE001 - a sweep must survive any one item
+            log.exception("item %s failed", item)
+            self.add(item, caption, {}, "failed", f"{type(err).__name__}: {_one_line(err)}")
+
+
+def _start(
+    adapter: ModelAdapter, schedule: ScheduleSpec, inverter_label: str, metrics: Mapping[str, bool], *,
+    model_name: str | None, schedule_name: str | None, seed: int, guidance_scale: float, out_dir: str | Path | None,
+    params: Mapping[str, Any] | None, config: Mapping[str, Any] | None, run_id: str | None,
+    on_rows: Callable[[pd.DataFrame], None] | None,
+) -> tuple[_Table, str | None]:
+    """The run's table and a setup error (every item fails with it), from a blank-image probe."""
+    steps, device, dtype, error = 0, "unknown", "unknown", None
+    try:
+        blank = torch.zeros(1, 3, *adapter.image_size())
+        with torch.no_grad():
+            latent = adapter.encode_images(blank)
+            steps = adapter.grid(schedule, tuple(latent.shape)).num_steps
+        device = str(getattr(adapter, "device", latent.device))
+        dtype = str(getattr(adapter, "dtype", latent.dtype)).removeprefix("torch.")
+    except Exception as err:  # noqa: BLE001 - recorded on every row
+        cause = err.__cause__ or err
+        error = f"setup {type(cause).__name__}: {_one_line(cause)}"
+        if isinstance(adapter, BrokenAdapter):  # run.py's stand-in for a model that could not be built
+            error = _one_line(err)
+    info = RunInfo(
+        run_id=run_id or new_run_id(), model=model_name or adapter.name, schedule=schedule_name or schedule.kind,
+        inverter=inverter_label, adapter=adapter.name, num_steps=steps, guidance_scale=guidance_scale, seed=seed,
+        provenance=provenance(device, dtype, params, asdict(schedule), config),
+    )
+    folder = None
+    if out_dir is not None:
+        folder = Path(out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_provenance(folder, info)
+    return _Table(info, metrics, folder, on_rows), error
+
+
+def _source(adapter: ModelAdapter, entry: Entry) -> Tensor:
+    if entry.problem is not None:
+        raise Skip(entry.problem)
+    try:
+        return fit_to_size(load_image(entry.path), adapter.image_size())[None]  # type: ignore[arg-type]
+    except (OSError, ValueError) as err:
+        raise Skip(f"cannot read image {entry.image_id}: {_one_line(err)}") from None
+
+
+def _invert(inverter: Inverter, denoiser: Any, latent: Tensor, grid: Any, cond: Any) -> InversionResult:
+    try:
+        with torch.no_grad():
+            result = inverter(denoiser, latent, grid, cond)
+    except ValueError as err:
+        raise Skip(f"does not apply: {_one_line(err)}") from None
+    if not bool(torch.isfinite(result.z).all()):
+        raise RuntimeError("diverged: non-finite latent after inversion")
+    return result
+
+
+def _metric(fn: Callable[[], Tensor], unavailable: str | None = None) -> Value:
+    """``fn()``'s single value, ``Unavailable(unavailable)`` when given, or the failure reason."""
+    if unavailable is not None:
+        return Unavailable(unavailable)
+    try:
+        with torch.no_grad():
+            return float(fn().reshape(-1)[0].item())
+    except Exception as err:  # noqa: BLE001 - one metric never sinks the rest
+        return f"{type(err).__name__}: {_one_line(err)}"
+
+
+@dataclass
+class _Metrics:
+    """The metric objects an edit run shares (built once; LPIPS loads its weights lazily)."""
+
+    lpips: Any
+    masked_lpips: MaskedLPIPS
+    clip: ImageMetric | None
+    ssim: MaskedSSIM = field(default_factory=MaskedSSIM)
+
+
+def _checker(image: Tensor, caption: str) -> Value:
+    try:
+        from eval.world.checker import check
+        from eval.world.grammar import parse
+    except ImportError as err:
+        return Unavailable(f"the embedded world (eval.world) is not importable: {_one_line(err)}")
+    try:
+        parse(caption)
+    except ValueError:
+        return Unavailable("the caption is not of the embedded world's grammar; the checker reads world scenes only")
+    return float(check(image[0].float().cpu(), caption).ok)
+
+
+def _background(m: _Metrics, edit: Tensor, source: Tensor, entry: EditEntry, size: tuple[int, int]) -> dict[str, Value]:
+    names = ("bg_psnr", "bg_ssim", "bg_lpips", "bg_mse")
+    if entry.mask is None:
+        return {n: Unavailable("no edited-region mask for this pair") for n in names}
+    keep = ~fit_mask(entry.mask(), size).to(edit.device)
+    if not bool(keep.any()):
+        return {n: Unavailable("the edited region covers the whole image") for n in names}
+    return {
+        "bg_psnr": _metric(lambda: masked_psnr(edit, source, keep)),
+        "bg_mse": _metric(lambda: masked_mse(edit, source, keep)),
+        "bg_ssim": _metric(lambda: m.ssim(edit, source, keep)),
+        "bg_lpips": _metric(lambda: m.masked_lpips(edit, source, keep), m.masked_lpips.unavailable_reason()),
+    }
+
+
+def _clip(m: _Metrics, edit: Tensor, entry: EditEntry, size: tuple[int, int]) -> dict[str, Value]:
+    clip, prompt = m.clip, [entry.target_caption or ""]
+    reason = "no CLIP metric configured" if clip is None else clip.unavailable_reason()
+    out: dict[str, Value] = {"clip_whole": _metric(lambda: clip(edit, edit, prompt), reason)}  # type: ignore[misc]
+    if entry.mask is None:
+        out["clip_edited"] = Unavailable("no edited-region mask for this pair")
+    else:
+        region = fit_mask(entry.mask(), size).to(edit.device)
+        masked = region_image(edit, region)
+        out["clip_edited"] = _metric(lambda: clip(masked, edit, prompt), reason)  # type: ignore[misc]
+    return out
+
+
+@dataclass
+class EditSettings:
+    """How edits are made: the editor, its guidance and negative prompt, Prompt-to-Prompt's options."""
+
+    editor: str = "prompt_swap"
+    guidance_scale: float | None = None  # None: the inversion's guidance scale
+    negative_prompt: str = ""
+    p2p: dict[str, Any] = field(default_factory=dict)  # gnri.edit.p2p_edit keyword arguments
+
+    def __post_init__(self) -> None:
+        if self.editor not in EDITORS:
+            raise ValueError(f"task.editor must be one of {EDITORS}, got {self.editor!r}")
+
+
+def _edit(adapter: Any, settings: EditSettings, counting: Any, result: InversionResult, grid: Any,
+          entry: EditEntry, scale: float) -> Tensor:
+    if settings.editor == "p2p":
+        try:
+            _, target = p2p_edit(
+                adapter, result, grid, [entry.caption or ""], [entry.target_caption or ""], scale,
+                settings.negative_prompt, denoiser=counting, **settings.p2p,
+            )
+        except ValueError as err:
+            raise Skip(f"does not apply: {_one_line(err)}") from None
+        return target
+    cond = edit_conditioning(adapter, [entry.target_caption or ""], scale, settings.negative_prompt)
+    return prompt_swap(counting, result, grid, cond)
+
+
+@dataclass
+class _EditRun:
+    """Per-run state of :func:`evaluate_edits`."""
+
+    adapter: Any
+    schedule: ScheduleSpec
+    inverter: Inverter
+    settings: EditSettings
+    metrics: _Metrics
+    guidance_scale: float
+    seed: int
+    warmup: int
+    image_dir: Path | None
+    warmed: bool = False
+
+    def measure(self, entry: Entry) -> dict[str, Value]:
+        """Every metric value of one edit pair (a str value is that metric's failure reason)."""
+        if not isinstance(entry, EditEntry) or not entry.target_caption:
+            raise Skip(f"{entry.image_id} is not an edit pair (dataset=world_edits or dataset=piebench)")
+        torch.manual_seed(self.seed)
+        adapter, size = self.adapter, self.adapter.image_size()
+        source = _source(adapter, entry)
+        with torch.no_grad():
+            latent = adapter.encode_images(source)
+            cond = adapter.encode_prompts([entry.caption or ""], self.guidance_scale)
+            grid = adapter.grid(self.schedule, tuple(latent.shape))
+        source = source.to(latent.device)
+        counting = CountingDenoiser(adapter.denoiser())
+        scale = self.guidance_scale if self.settings.guidance_scale is None else self.settings.guidance_scale
+
+        def invert() -> InversionResult:
+            return _invert(self.inverter, counting, latent, grid, cond)
+
+        if not self.warmed:
+            for _ in range(self.warmup):
+                with torch.no_grad():
+                    _edit(adapter, self.settings, counting, invert(), grid, entry, scale)
+            self.warmed = True
+        counting.counter.reset()
+        inverted = time_call(invert, latent.device)
+        result: InversionResult = inverted.value  # type: ignore[assignment]
+        nfe = counting.counter.forward
+        with torch.no_grad():
+            recon = adapter.decode_latents(reconstruct(adapter.denoiser(), result, grid, cond))
+            counting.counter.reset()
+            edited = time_call(lambda: _edit(adapter, self.settings, counting, result, grid, entry, scale),
+                               latent.device)
+            if not bool(torch.isfinite(edited.value).all()):  # type: ignore[arg-type]
+                raise RuntimeError("diverged: non-finite latent after editing")
+            edit = adapter.decode_latents(edited.value)
+        if self.image_dir is not None:
+            from eval.report.edit_plots import save_edit_images
+
+            save_edit_images(self.image_dir, entry.image_id, source, recon, edit)
+        m = self.metrics
+        values: dict[str, Value] = {
+            "nfe_forward": nfe, "nfe_forward_edit": counting.counter.forward, "time_invert_s": inverted.median_s,
+            "time_edit_s": edited.median_s, "recon_psnr": psnr(recon, source)[0].item(),
+            "edit_success": _checker(edit, entry.target_caption), "recon_success": _checker(recon, entry.caption or ""),
+            "lpips_to_source": _metric(lambda: m.lpips(edit, source), m.lpips.unavailable_reason()),
+            "structure_distance": Unavailable(STRUCTURE_REASON),
+            **_background(m, edit, source, entry, size), **_clip(m, edit, entry, size),
+        }
+        if entry.target_path is None:
+            values["target_psnr"] = Unavailable("no ground-truth target image (the embedded world has them)")
+        else:
+            target = fit_to_size(load_image(entry.target_path), size)[None].to(edit.device)
+            values["target_psnr"] = psnr(edit, target)[0].item()
+        return values
+
+
+def evaluate_edits(
+    adapter: ModelAdapter,
+    schedule: ScheduleSpec,
+    inverter: Inverter,
+    inverter_name: str,
+    dataset: Sequence[Entry],
+    settings: EditSettings | None = None,
+    *,
+    clip: ImageMetric | None = None,
+    lpips_net: str = "alex",
+    lpips_cache: str | None = None,
+    model_name: str | None = None,
+    schedule_name: str | None = None,
+    seed: int = 0,
+    guidance_scale: float = 1.0,
+    warmup: int = 1,
+    save_images: bool = True,
+    max_images: int | None = None,
+    out_dir: str | Path | None = None,
+    inverter_params: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+    progress: bool = True,
+    on_rows: Callable[[pd.DataFrame], None] | None = None,
+) -> pd.DataFrame:
+    """Invert each edit pair's source, edit it, and score it; the tidy table (:data:`EDIT_METRICS`).
+
+    ``warmup`` untimed inversions + edits precede the first timed pair; with ``out_dir`` and
+    ``save_images`` each pair's source, reconstruction and edit are kept as PNGs there.
+    """
+    from eval.metrics.lpips_metric import LPIPS
+
+    settings = settings or EditSettings()
+    params = {**dict(inverter_params or {}), "editor": settings.editor, "edit_guidance_scale": settings.guidance_scale,
+              "negative_prompt": settings.negative_prompt}
+    if settings.editor == "p2p":
+        params["p2p"] = settings.p2p
+    table, error = _start(
+        adapter, schedule, f"{inverter_name}+{settings.editor}", EDIT_METRICS, model_name=model_name,
+        schedule_name=schedule_name, seed=seed, guidance_scale=guidance_scale, out_dir=out_dir, params=params,
+        config=config, run_id=run_id, on_rows=on_rows,
+    )
+    metrics = _Metrics(LPIPS(net=lpips_net, cache_dir=lpips_cache), MaskedLPIPS(lpips_net, lpips_cache), clip)
+    run = _EditRun(adapter, schedule, inverter, settings, metrics, guidance_scale, seed, warmup,
+                   table.out_dir if save_images else None)
+    entries = list(dataset)[:max_images] if max_images is not None else list(dataset)
+    for entry in tqdm(entries, desc=f"edit {table.info.inverter}", disable=not progress, unit="pair"):
+        caption = f"{entry.caption or ''} -> {getattr(entry, 'target_caption', '') or ''}"
+        if error is not None:
+            table.add(entry.image_id, caption, {}, "failed", error)
+            continue
+        table.run(entry.image_id, caption, lambda e=entry: run.measure(e))
+    return to_frame(table.rows)
+
+
+def _measure_interp(adapter: Any, schedule: ScheduleSpec, inverter: Inverter, a: Entry, b: Entry, lpips: Any,
+                    num_points: int, guidance_scale: float, seed: int) -> dict[str, Value]:
+    torch.manual_seed(seed)
+    images = torch.cat([_source(adapter, a), _source(adapter, b)])
+    with torch.no_grad():
+        latents = adapter.encode_images(images)
+        grid = adapter.grid(schedule, tuple(latents[:1].shape))
+        conds = [adapter.encode_prompts([e.caption or ""], guidance_scale) for e in (a, b)]
+    denoiser = adapter.denoiser()
+    results = [_invert(inverter, denoiser, latents[i:i + 1], grid, conds[i]) for i in range(2)]
+    with torch.no_grad():
+        weights = interpolation_weights(num_points)
+        path = interpolate(denoiser, results[0], results[1], grid, conds[0], conds[1], weights)
+        frames = torch.cat([adapter.decode_latents(z) for z in path])
+    images = images.to(frames.device)
+    rms = (frames[1:] - frames[:-1]).flatten(1).pow(2).mean(1).sqrt()
+    values: dict[str, Value] = {
+        "interp_rms_step_max": rms.max().item(),
+        "interp_psnr_start": psnr(frames[:1], images[:1])[0].item(),
+        "interp_psnr_end": psnr(frames[-1:], images[1:])[0].item(),
+    }
+    reason = lpips.unavailable_reason()
+    if reason is not None:
+        return {**values, "interp_lpips_step_mean": Unavailable(reason), "interp_lpips_step_max": Unavailable(reason)}
+    with torch.no_grad():
+        steps = lpips(frames[1:], frames[:-1])
+    return {**values, "interp_lpips_step_mean": steps.mean().item(), "interp_lpips_step_max": steps.max().item()}
+
+
+def evaluate_interpolation(
+    adapter: ModelAdapter,
+    schedule: ScheduleSpec,
+    inverter: Inverter,
+    inverter_name: str,
+    dataset: Sequence[Entry],
+    *,
+    num_points: int = 7,
+    lpips_net: str = "alex",
+    lpips_cache: str | None = None,
+    model_name: str | None = None,
+    schedule_name: str | None = None,
+    seed: int = 0,
+    guidance_scale: float = 1.0,
+    max_images: int | None = None,
+    out_dir: str | Path | None = None,
+    inverter_params: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+    progress: bool = True,
+    on_rows: Callable[[pd.DataFrame], None] | None = None,
+) -> pd.DataFrame:
+    """Slerp paths between consecutive pairs of entries (``max_images`` entries at most); :data:`INTERP_METRICS`."""
+    from eval.metrics.lpips_metric import LPIPS
+
+    params = {**dict(inverter_params or {}), "num_points": num_points}
+    table, error = _start(
+        adapter, schedule, inverter_name, INTERP_METRICS, model_name=model_name, schedule_name=schedule_name,
+        seed=seed, guidance_scale=guidance_scale, out_dir=out_dir, params=params, config=config, run_id=run_id,
+        on_rows=on_rows,
+    )
+    lpips = LPIPS(net=lpips_net, cache_dir=lpips_cache)
+    entries = list(dataset)[:max_images] if max_images is not None else list(dataset)
+    pairs = list(zip(entries[0::2], entries[1::2]))
+    for a, b in tqdm(pairs, desc=f"interpolate {inverter_name}", disable=not progress, unit="pair"):
+        item, caption = f"{a.image_id}|{b.image_id}", f"{a.caption or ''} -> {b.caption or ''}"
+        if error is not None:
+            table.add(item, caption, {}, "failed", error)
+            continue
+        table.run(item, caption, lambda a=a, b=b: _measure_interp(
+            adapter, schedule, inverter, a, b, lpips, num_points, guidance_scale, seed))
+    return to_frame(table.rows)
+
+
+def evaluate_exact(
+    adapter: ModelAdapter,
+    schedule: ScheduleSpec,
+    inverter: Inverter,
+    inverter_name: str,
+    dataset: Sequence[Entry],
+    *,
+    vae_roundtrip: bool = False,
+    model_name: str | None = None,
+    schedule_name: str | None = None,
+    seed: int = 0,
+    guidance_scale: float = 1.0,
+    max_images: int | None = None,
+    out_dir: str | Path | None = None,
+    inverter_params: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+    progress: bool = True,
+    on_rows: Callable[[pd.DataFrame], None] | None = None,
+) -> pd.DataFrame:
+    """The exact track per dataset caption (images are not used); :data:`EXACT_METRICS`."""
+    from eval.exact_track import run_exact_track
+
+    params = {**dict(inverter_params or {}), "vae_roundtrip": vae_roundtrip}
+    table, error = _start(
+        adapter, schedule, inverter_name, EXACT_METRICS, model_name=model_name, schedule_name=schedule_name,
+        seed=seed, guidance_scale=guidance_scale, out_dir=out_dir, params=params, config=config, run_id=run_id,
+        on_rows=on_rows,
+    )
+    entries = list(dataset)[:max_images] if max_images is not None else list(dataset)
+
+    def measure(index: int, entry: Entry) -> dict[str, Value]:
+        if not entry.caption:
+            raise Skip(entry.problem or f"missing caption for {entry.image_id}")
+        try:
+            out = run_exact_track(adapter, inverter, schedule, [entry.caption], seed + index, guidance_scale,
+                                  vae_roundtrip)
+        except ValueError as err:
+            raise Skip(f"does not apply: {_one_line(err)}") from None
+        return {name: float(v[0].item()) for name, v in out.values().items()}
+
+    for index, entry in enumerate(tqdm(entries, desc=f"exact {inverter_name}", disable=not progress, unit="img")):
+        if error is not None:
+            table.add(entry.image_id, entry.caption or "", {}, "failed", error)
+            continue
+        table.run(entry.image_id, entry.caption or "", lambda i=index, e=entry: measure(i, e))
+    return to_frame(table.rows)
+

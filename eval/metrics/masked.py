@@ -1,0 +1,149 @@
+"""Metrics over a region of the image: background preservation of an edit, CLIP of the edited region.
+
+``keep`` masks are (B, H, W), (B, 1, H, W) or (H, W) booleans, True on the pixels the metric is
+taken over (for background preservation: the pixels outside the edited region). Images are
+(B, 3, H, W) in [0, 1], one value per image.
+
+The reduction is over the region's pixels only, never a zero-filled whole image (PIE-Bench,
+``evaluation/matrics_calculator.py``, multiplies both images by the mask and averages over all
+512 x 512 pixels, so its numbers depend on the mask's area):
+
+- ``masked_mse``: mean squared error over the region's pixels and the 3 channels;
+  ``masked_psnr`` = ``10 log10(1 / mse)`` (``+inf`` when the region is identical).
+- :class:`MaskedSSIM`: the SSIM map (the project's convention, :mod:`eval.metrics.ssim`:
+  Gaussian window sigma 1.5, K1 0.01, K2 0.03, data range 1) averaged over the region's pixels
+  and the channels. Windows near the region's border also see pixels outside it, so ``pred``
+  is first *reference-filled*: outside the region it takes ``target``'s pixels. Differences
+  outside the region then never count, and what lies there is real image content, not zeros.
+- :class:`MaskedLPIPS`: LPIPS's spatial map (``lpips.LPIPS`` with ``spatial=True``: each
+  layer's distance map upsampled bilinearly to the input size and summed) of the
+  reference-filled ``pred`` against ``target``, averaged over the region's pixels. Real
+  AlexNet weights only (:mod:`eval.metrics.lpips_metric`); unavailable without them.
+- ``region_image``: the image with pixels outside the region set to 0, PIE-Bench's input for
+  the CLIP score of the edited region (``calculate_clip_similarity(img * mask)``).
+
+With identical images inside the region, MSE is 0, PSNR ``inf``, LPIPS 0 exactly, and SSIM 1
+(up to the round-off of torchmetrics' variance clamp). An empty region raises ValueError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from eval.metrics.base import Tensor
+from eval.metrics.lpips_metric import MIN_SIDE, NETS, WeightsUnavailable, build_lpips, default_cache_dir
+from eval.metrics.ssim import DATA_RANGE
+
+
+def as_mask(keep: Tensor, images: Tensor) -> Tensor:
+    """``keep`` as a (B, 1, H, W) bool tensor matching ``images`` (B, C, H, W); checks shapes."""
+    mask = keep.to(device=images.device, dtype=torch.bool)
+    if mask.ndim == 2:
+        mask = mask[None, None].expand(images.shape[0], 1, *mask.shape)
+    elif mask.ndim == 3:
+        mask = mask[:, None]
+    if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] != images.shape[0] or mask.shape[-2:] != images.shape[-2:]:
+        raise ValueError(f"masked metric: mask {tuple(keep.shape)} does not fit images {tuple(images.shape)}")
+    if not bool(mask.flatten(1).any(1).all()):
+        raise ValueError("masked metric: the region is empty for at least one image")
+    return mask
+
+
+def _check(pred: Tensor, target: Tensor, name: str) -> None:
+    if pred.shape != target.shape or pred.ndim != 4:
+        raise ValueError(
+            f"{name}: pred and target must both be (B, 3, H, W), got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+
+
+def region_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of a (B, C, H, W) map over the masked pixels (all channels): shape (B,), float64."""
+    m = mask.expand_as(values).double()
+    return (values.double() * m).flatten(1).sum(1) / m.flatten(1).sum(1)
+
+
+def masked_mse(pred: Tensor, target: Tensor, keep: Tensor) -> Tensor:
+    """Per-image MSE over the region's pixels and channels: shape (B,), float64."""
+    _check(pred, target, "masked_mse")
+    return region_mean((pred.double() - target.double()).pow(2), as_mask(keep, pred))
+
+
+def masked_psnr(pred: Tensor, target: Tensor, keep: Tensor, data_range: float = DATA_RANGE) -> Tensor:
+    """Per-image PSNR (dB) over the region: ``+inf`` when identical there. Shape (B,), float64."""
+    return 10.0 * torch.log10(data_range**2 / masked_mse(pred, target, keep))
+
+
+def reference_fill(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """``pred`` inside the region, ``target`` outside it."""
+    return torch.where(mask.expand_as(pred), pred, target.to(pred.dtype))
+
+
+def region_image(images: Tensor, region: Tensor) -> Tensor:
+    """``images`` with pixels outside ``region`` set to 0 (PIE-Bench's edited-region CLIP input)."""
+    return images * as_mask(region, images).to(images.dtype)
+
+
+@dataclass
+class MaskedSSIM:
+    """SSIM map averaged over the region (see the module docstring), higher is better."""
+
+    sigma: float = 1.5
+    k1: float = 0.01
+    k2: float = 0.03
+
+    @torch.no_grad()
+    def __call__(self, pred: Tensor, target: Tensor, keep: Tensor) -> Tensor:
+        _check(pred, target, "masked_ssim")
+        mask = as_mask(keep, pred)
+        dtype = torch.promote_types(pred.dtype, torch.float32)
+        filled = reference_fill(pred.to(dtype), target.to(dtype), mask)
+        _, full = structural_similarity_index_measure(
+            filled, target.to(dtype), gaussian_kernel=True, sigma=self.sigma, reduction="none",
+            data_range=DATA_RANGE, k1=self.k1, k2=self.k2, return_full_image=True,
+        )
+        return region_mean(full, mask)
+
+
+@dataclass
+class MaskedLPIPS:
+    """LPIPS spatial map averaged over the region (see the module docstring), lower is better.
+
+    ``cache_dir`` None: :func:`eval.metrics.lpips_metric.default_cache_dir`.
+    """
+
+    net: str = "alex"
+    cache_dir: str | None = None
+    _model: torch.nn.Module | None = field(default=None, init=False, repr=False)
+    _reason: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.net not in NETS:
+            raise ValueError(f"masked lpips: net must be one of {NETS}, got {self.net!r}")
+
+    def unavailable_reason(self) -> str | None:
+        if self._model is None and self._reason is None:
+            cache = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+            try:
+                self._model, _ = build_lpips(self.net, cache)
+                self._model.spatial = True  # our own instance: per-pixel distance maps
+            except WeightsUnavailable as err:
+                self._reason = str(err)
+        return self._reason
+
+    @torch.no_grad()
+    def __call__(self, pred: Tensor, target: Tensor, keep: Tensor) -> Tensor:
+        _check(pred, target, "masked_lpips")
+        if min(pred.shape[-2:]) < MIN_SIDE[self.net]:
+            raise ValueError(f"masked lpips {self.net}: images must be at least {MIN_SIDE[self.net]} px a side")
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(f"masked lpips unavailable: {reason}")
+        mask = as_mask(keep, pred)
+        filled = reference_fill(pred.float(), target.float(), mask)
+        model = self._model.to(pred.device)  # type: ignore[union-attr]
+        spatial = model(filled * 2 - 1, target.float() * 2 - 1)  # (B, 1, H, W)
+        return region_mean(spatial, mask)

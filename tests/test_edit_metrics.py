@@ -1,0 +1,204 @@
+"""Edit metrics and data: region metrics ignore differences inside the edited region (and only
+there), PIE-Bench's RLE masks and mapping file, the world's edit pairs (identical outside the
+edited region), the edit/exact loops' tidy rows, the editing figure and grid, run.py task=edit."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from baselines import ddim
+from eval.data import sample_dataset
+from eval.edit_data import EditEntry, decode_rle, fit_mask, piebench_dataset, strip_markers, world_edit_dataset
+from eval.edit_harness import EDIT_METRICS, EXACT_METRICS, EditSettings, evaluate_edits, evaluate_exact
+from eval.metrics.masked import MaskedLPIPS, MaskedSSIM, masked_mse, masked_psnr, region_image
+from eval.metrics.psnr import psnr
+from eval.metrics.ssim import SSIM
+from eval.records import RESULTS_FILE, read_records
+from eval.report.edit_plots import edit_tradeoff, run_edit_grid
+from gnri.images import load_image
+from gnri.models.base import ScheduleSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(a, b, keep): two 48 px images that differ only inside a square (outside ``keep``)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 48, 48, generator=g)
+    edited = torch.zeros(2, 48, 48, dtype=torch.bool)
+    edited[:, 10:30, 12:28] = True
+    b = torch.where(edited[:, None], torch.rand(2, 3, 48, 48, generator=g), a)
+    return a, b, ~edited
+
+
+def test_differences_inside_the_edited_region_do_not_count(pair) -> None:
+    a, b, keep = pair
+    assert torch.isinf(masked_psnr(b, a, keep)).all()
+    assert torch.equal(masked_mse(b, a, keep), torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(MaskedSSIM()(b, a, keep), torch.ones(2, dtype=torch.float64), atol=1e-6, rtol=0)
+    lpips = MaskedLPIPS()
+    if lpips.unavailable_reason() is None:
+        assert torch.equal(lpips(b, a, keep), torch.zeros(2, dtype=torch.float64))
+    # PIE-Bench's zero-fill averages over the whole image: finite, mask-area dependent, not "identical"
+    assert torch.isfinite(psnr(b, a)).all()
+
+
+def test_differences_outside_count_and_reductions_match_the_plain_metrics(pair) -> None:
+    a, _, keep = pair
+    noisy = (a + 0.05 * torch.randn(a.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    inside = keep[:, None].expand_as(a)
+    mse = (noisy - a)[inside].reshape(2, -1).double().pow(2).mean(1)
+    torch.testing.assert_close(masked_mse(noisy, a, keep), mse)
+    torch.testing.assert_close(masked_psnr(noisy, a, keep), 10 * torch.log10(1 / mse))
+    assert (MaskedSSIM()(noisy, a, keep) < 0.99).all()
+    everything = torch.ones(48, 48, dtype=torch.bool)
+    torch.testing.assert_close(MaskedSSIM()(noisy, a, everything).float(), SSIM()(noisy, a), atol=1e-5, rtol=0)
+    torch.testing.assert_close(masked_psnr(noisy, a, everything).float(), psnr(noisy, a), atol=1e-4, rtol=0)
+    lpips = MaskedLPIPS()
+    if lpips.unavailable_reason() is None:
+        assert (lpips(noisy, a, keep) > 0).all()
+    assert torch.equal(region_image(a, ~keep)[:, :, 0, 0], torch.zeros(2, 3))  # outside the region: 0
+    with pytest.raises(ValueError, match="empty"):
+        masked_mse(a, a, torch.zeros(48, 48, dtype=torch.bool))
+
+
+def test_piebench_rle_masks_and_mapping(tmp_path: Path) -> None:
+    mask = decode_rle([5, 3, 30, 2], (6, 6))
+    inner = np.zeros((6, 6), bool)
+    inner.flat[[5, 6, 7, 30, 31]] = True
+    assert np.array_equal(mask[1:-1, 1:-1], inner[1:-1, 1:-1])
+    assert mask[0].all() and mask[-1].all() and mask[:, 0].all() and mask[:, -1].all()  # border forced
+    assert strip_markers("a [red] cat") == "a red cat"
+    images = tmp_path / "annotation_images" / "0_random"
+    images.mkdir(parents=True)
+    Image.new("RGB", (512, 512), (10, 20, 30)).save(images / "one.jpg")
+    Image.new("RGB", (256, 256)).save(images / "small.jpg")
+    mapping = {
+        "000000000000": {"image_path": "0_random/one.jpg", "original_prompt": "a [cat] sitting",
+                         "editing_prompt": "a [dog] sitting", "blended_word": "cat dog", "editing_type_id": "1",
+                         "mask": [512 * 100 + 100, 50]},
+        "000000000001": {"image_path": "0_random/missing.jpg", "original_prompt": "x", "editing_prompt": "y",
+                         "blended_word": "", "editing_type_id": "2", "mask": []},
+        "000000000002": {"image_path": "0_random/small.jpg", "original_prompt": "x", "editing_prompt": "y",
+                         "blended_word": "", "editing_type_id": "1", "mask": []},
+    }
+    (tmp_path / "mapping_file.json").write_text(json.dumps(mapping))
+    entries = piebench_dataset(tmp_path)
+    first = entries[0]
+    assert isinstance(first, EditEntry) and first.problem is None
+    assert (first.caption, first.target_caption, first.blend_words, first.edit_type) == (
+        "a cat sitting", "a dog sitting", ("cat", "dog"), "1")
+    m = first.mask()
+    assert m.shape == (512, 512) and m[100, 100:150].all() and not m[100, 150] and not m[50, 50]
+    assert "not found" in entries[1].problem and "512" in entries[2].problem
+    assert [e.image_id for e in piebench_dataset(tmp_path / "mapping_file.json", edit_types=[2])] == ["000000000001"]
+    with pytest.raises(ValueError, match="dataset.path"):
+        piebench_dataset(tmp_path / "nope")
+
+
+def test_world_pairs_are_identical_outside_the_edited_region(tmp_path: Path) -> None:
+    entries = world_edit_dataset(cache_dir=tmp_path, max_pairs=6)
+    assert len(entries) == 6 and all(e.problem is None for e in entries)
+    for e in entries:
+        source, target = load_image(e.path)[None], load_image(e.target_path)[None]
+        edited = torch.from_numpy(e.mask())
+        assert edited.any() and not torch.equal(source, target)
+        assert torch.isinf(masked_psnr(target, source, ~edited)).all(), e.image_id
+        assert e.target_caption != e.caption and e.edit_type in e.image_id
+    small = fit_mask(entries[0].mask(), (32, 32))
+    assert small.shape == (32, 32) and small.any()
+    only = world_edit_dataset(cache_dir=tmp_path, attributes=["colour"], max_pairs=2)
+    assert all(e.edit_type == "colour" for e in only)
+
+
+@pytest.mark.parametrize("editor", ["prompt_swap", "p2p"])
+def test_edit_loop_rows(tiny_sd_adapter, tmp_path: Path, editor: str) -> None:
+    cache = tmp_path / "cache"  # a position edit changes the word count: P2P refinement, not word swap
+    entries = world_edit_dataset(cache_dir=cache, max_pairs=1) + world_edit_dataset(
+        cache_dir=cache, attributes=["position"], max_pairs=1)
+    out = tmp_path / "run"
+    df = evaluate_edits(
+        tiny_sd_adapter, ScheduleSpec("ddim", 3), ddim.invert, "ddim", [*entries, sample_dataset()[0]],
+        EditSettings(editor), progress=False, out_dir=out,
+    )
+    assert set(df["inverter"]) == {f"ddim+{editor}"} and len(df) == 3 * len(EDIT_METRICS)
+    pairs = df[df["image"].isin([e.image_id for e in entries])]
+    by = pairs.groupby("metric")["status"].agg(set)
+    for name in ("bg_psnr", "bg_ssim", "bg_mse", "recon_psnr", "target_psnr", "edit_success", "nfe_forward_edit"):
+        assert by[name] == {"ok"}, name
+    assert by["structure_distance"] == {"unavailable"} and by["clip_whole"] <= {"ok", "unavailable"}
+    assert set(pairs[pairs["metric"] == "edit_success"]["value"]) <= {0.0, 1.0}
+    assert set(df[df["image"] == sample_dataset()[0].image_id]["status"]) == {"skipped"}  # not an edit pair
+    assert read_records(out / RESULTS_FILE).shape[0] == len(df)
+    grid = run_edit_grid({f"ddim+{editor}": out}, tmp_path / "grid.png")
+    assert grid is not None and grid.exists()
+
+
+def test_exact_loop_rows(tiny_sd_adapter) -> None:
+    df = evaluate_exact(tiny_sd_adapter, ScheduleSpec("ddim", 3), ddim.invert, "ddim", sample_dataset()[:2],
+                        progress=False)
+    assert set(df["metric"]) == set(EXACT_METRICS) and (df["status"] == "ok").all()
+    assert len(df) == 2 * len(EXACT_METRICS)
+    nmse = df[df["metric"] == "exact_latent_nmse"]["value"]
+    assert ((nmse >= 0) & (nmse < 1)).all()
+
+
+def _records(points: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    rows = []
+    for method, (clip, lpips) in points.items():
+        for image in ("a", "b"):
+            for metric, value, higher in (("clip_whole", clip, True), ("lpips_to_source", lpips, False)):
+                rows.append({"run_id": method, "model": "m", "schedule": "s", "inverter": method, "adapter": "m",
+                             "image": image, "caption": "", "metric": metric, "value": value, "status": "ok",
+                             "reason": "", "higher_is_better": higher, "num_steps": 4, "guidance_scale": 1.0,
+                             "seed": 0})
+    return pd.DataFrame(rows)
+
+
+def test_editing_figure(tmp_path: Path) -> None:
+    records = _records({"gnri+prompt_swap": (30.1, 0.18), "ddim+prompt_swap": (26.0, 0.22)})
+    path = edit_tradeoff(records, tmp_path / "fig.png")
+    assert path is not None and path.stat().st_size > 0
+    assert edit_tradeoff(records, tmp_path / "none.png", y="edit_success") is None
+
+
+def test_run_py_task_edit(tmp_path: Path) -> None:
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
+                        "GNRI_BENCH_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "task=edit", "task.editor=p2p", "dataset.max_pairs=1",
+         "schedule.num_steps=2", "warmup=0", "progress=false", f"hydra.run.dir={out}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    df = read_records(out / RESULTS_FILE)
+    assert set(df["inverter"]) == {"ddim+p2p"} and set(df["metric"]) == set(EDIT_METRICS)
+    assert math.isfinite(df[df["metric"] == "bg_psnr"]["value"].iloc[0])
+    assert json.loads(df["config"].iloc[0])["task"]["name"] == "edit"
+    bad = subprocess.run([sys.executable, str(ROOT / "run.py"), "task=nope"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 2 and "unknown task 'nope'" in bad.stderr
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml")))
+def test_every_task_config_composes(name: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"task={name}"])
+    assert cfg.task.name == name
+    expected = "eval.edit_data.world_edit_dataset" if name == "edit" else "eval.data.sample_dataset"
+    assert cfg.dataset._target_ == expected  # task=edit switches to the world's edit pairs
