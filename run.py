@@ -138,7 +138,7 @@ def run_task(task: str, node: DictConfig, adapter: Any, schedule: Any, inverter:
 
     options = hyperparameters(node)
     if task == "edit":
-        from eval.edit_data import world_dir
+        from eval.world_data import world_dir
         from eval.metrics.clip_score import CLIPScore
 
         clip = dict(options.get("clip") or {})

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from eval.data import Entry
+from eval.world_data import default_world_cache, save_png, world_dir
 from gnri.images import fit_to_size
 
 PIEBENCH_SIZE = (512, 512)  # PnPInversion's mask_decode image_shape
@@ -57,29 +58,6 @@ class EditEntry(Entry):
     blend_words: tuple[str, ...] = ()
 
 
-def world_dir() -> Path:
-    """``<repo>/datasets/world``: the embedded world's manifests and models."""
-    return Path(__file__).resolve().parents[1] / "datasets" / "world"
-
-
-def default_world_cache() -> Path:
-    """Where rendered world images are cached: ``<GNRI_BENCH_CACHE or ~/.cache/gnri-bench>/world``."""
-    from eval.metrics.lpips_metric import default_cache_dir
-
-    return default_cache_dir() / "world"
-
-
-def _save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    if path.is_file():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(image).save(tmp)
-    tmp.replace(path)
-
-
 def _world_mask(record: dict) -> np.ndarray:
     from eval.world.generator import EditPair, keep_mask, scene_from_record
 
@@ -99,7 +77,7 @@ def _world_entry(record: dict, cache: Path) -> EditEntry:
             return EditEntry(pair_id, None, record["source"]["caption"],
                              f"world {side} render of {pair_id} does not match its manifest digest")
         path = cache / f"{sha}.png"
-        _save_png(image, path)
+        save_png(image, path)
         paths.append(path)
     return EditEntry(
         pair_id, paths[0], record["source"]["caption"], target_caption=record["target"]["caption"],

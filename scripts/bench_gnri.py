@@ -2,11 +2,14 @@
 
 Usage (CPU, offline; a few minutes on the tiny models):
     OMP_NUM_THREADS=2 python scripts/bench_gnri.py --model sd --steps 4 10
+    python scripts/bench_gnri.py --model world_sd --latents encoded --steps 4 10   # trained world UNet, Euler trailing
+    python scripts/bench_gnri.py --model world_flux --latents encoded --steps 4 8
     python scripts/bench_gnri.py --model flux --latents encoded --repeats 5
 
 Per method and step count it prints: the mean per-step residual (``gnri.core.step_residuals``,
 ``x`` units), the latent round-trip error ``RMS(sample(invert(x0)) - x0)``, the PSNR of the
-decoded reconstruction against the decoded ``x0`` and against the input image, network
+decoded reconstruction against the decoded ``x0`` and against the input image, the gap of the
+latter to the VAE ceiling (encode then decode, no diffusion), network
 forwards and backwards per inversion (per batch call; x2 with guidance), and the inversion time
 as a multiple of DDIM inversion's (medians of ``--repeats`` after ``--warmup`` untimed runs).
 
@@ -46,7 +49,7 @@ from gnri.methods import anderson, gnri, gnri_official, newton_krylov  # noqa: E
 from gnri.models.base import ScheduleSpec  # noqa: E402
 from gnri.models.tiny import tiny_adapter  # noqa: E402
 
-KINDS = {"sd": "ddim", "sdxl": "euler", "flux": "flow_euler"}
+KINDS = {"sd": "ddim", "sdxl": "euler", "flux": "flow_euler", "world_sd": "euler", "world_flux": "flow_euler"}
 
 
 @dataclass
@@ -81,9 +84,24 @@ def methods() -> dict[str, Callable[..., Any]]:
     }
 
 
-def load_images(adapter: Any, count: int) -> tuple[torch.Tensor, list[str]]:
-    """The first ``count`` sample images, resized to the model's size, and their captions."""
-    entries = [e for e in sample_dataset() if e.problem is None][:count]
+def load_model(name: str) -> Any:
+    """A tiny random-weight adapter (``sd``, ``sdxl``, ``flux``) or a trained world model (``world_*``)."""
+    if name.startswith("world_"):
+        from eval.world_data import world_adapter
+
+        return world_adapter(name.removeprefix("world_"), name=name)
+    return tiny_adapter(name)
+
+
+def load_images(adapter: Any, count: int, world: bool) -> tuple[torch.Tensor, list[str]]:
+    """The first ``count`` images (built-in sample, or held-out world scenes), resized to the
+    model's size, and their captions."""
+    if world:
+        from eval.world_data import world_dataset
+
+        entries = [e for e in world_dataset(max_images=count) if e.problem is None]
+    else:
+        entries = [e for e in sample_dataset() if e.problem is None][:count]
     h, w = adapter.image_size()
     imgs = [Image.open(e.path).convert("RGB").resize((w, h), Image.BICUBIC) for e in entries]
     x = torch.stack([torch.from_numpy(np.array(i)).permute(2, 0, 1) for i in imgs])
@@ -110,8 +128,8 @@ def run_method(
 
 def bench(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
-    adapter = tiny_adapter(args.model)
-    images, captions = load_images(adapter, args.images)
+    adapter = load_model(args.model)
+    images, captions = load_images(adapter, args.images, args.model.startswith("world_"))
     with torch.no_grad():
         if args.latents == "encoded":
             x0 = adapter.encode_images(images)
@@ -120,10 +138,13 @@ def bench(args: argparse.Namespace) -> None:
             images = adapter.decode_latents(x0)
         decoded = adapter.decode_latents(x0)
     cond = adapter.encode_prompts(captions)
-    print(f"model tiny_{args.model}  latents {args.latents} (RMS {float(x0.pow(2).mean().sqrt()):.3f})  "
+    label = args.model if args.model.startswith("world_") else f"tiny_{args.model}"
+    kind = args.kind or KINDS[args.model]
+    spacing = args.spacing or ("trailing" if kind == "euler" else None)
+    print(f"model {label}  latents {args.latents} (RMS {float(x0.pow(2).mean().sqrt()):.3f})  "
           f"images {len(captions)}  warmup {args.warmup}  repeats {args.repeats}")
     for steps in args.steps:
-        grid = adapter.grid(ScheduleSpec(kind=KINDS[args.model], num_steps=steps), x0.shape)
+        grid = adapter.grid(ScheduleSpec(kind=kind, num_steps=steps, spacing=spacing), x0.shape)
         den = adapter.denoiser()
         rows = []
         for name, fn in methods().items():
@@ -138,17 +159,22 @@ def bench(args: argparse.Namespace) -> None:
                 ))
         base = next(r.seconds for r in rows if r.name == "ddim")
         ceiling = float(psnr(decoded, images).mean())
-        print(f"\n{steps} steps ({KINDS[args.model]}); VAE ceiling PSNR vs input {ceiling:.2f} dB")
+        print(f"\n{steps} steps ({kind}{', ' + spacing if spacing else ''}); VAE ceiling PSNR vs input {ceiling:.2f} dB")
         print(f"{'method':24s} {'residual':>9s} {'roundtrip':>9s} {'PSNR dec':>8s} {'PSNR in':>8s} "
-              f"{'fwd':>4s} {'bwd':>4s} {'time/ddim':>9s}")
+              f"{'gap dB':>6s} {'fwd':>4s} {'bwd':>4s} {'time/ddim':>9s}")
         for r in rows:
             print(f"{r.name:24s} {r.residual:9.2e} {r.roundtrip:9.2e} {r.psnr_decoded:8.2f} {r.psnr_input:8.2f} "
-                  f"{r.forward:4d} {r.backward:4d} {r.seconds / base:9.2f}")
+                  f"{ceiling - r.psnr_input:6.2f} {r.forward:4d} {r.backward:4d} {r.seconds / base:9.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="GNRI variants vs DDIM inversion and fixed point, one model.")
-    parser.add_argument("--model", choices=tuple(KINDS), default="sd", help="tiny model family")
+    parser.add_argument("--model", choices=tuple(KINDS), default="sd",
+                        help="tiny model family, or world_sd / world_flux (the embedded world's trained models)")
+    parser.add_argument("--kind", choices=("ddim", "euler", "flow_euler"), default=None,
+                        help="schedule kind (default: ddim for sd, euler for sdxl and world_sd, flow_euler for flux)")
+    parser.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default=None,
+                        help="timestep spacing (default: trailing for euler, the checkpoint's own otherwise)")
     parser.add_argument("--steps", type=int, nargs="+", default=[4, 10], help="inversion step counts")
     parser.add_argument("--images", type=int, default=4, help="how many sample images (batched)")
     parser.add_argument("--latents", choices=("randn", "encoded"), default="randn")

@@ -25,6 +25,7 @@ from eval.metrics.masked import MaskedLPIPS, MaskedSSIM, masked_mse, masked_psnr
 from eval.metrics.psnr import psnr
 from eval.metrics.ssim import SSIM
 from eval.records import RESULTS_FILE, read_records
+from eval.report.aggregate import aggregate
 from eval.report.edit_plots import edit_tradeoff, run_edit_grid
 from gnri.images import load_image
 from gnri.models.base import ScheduleSpec
@@ -144,6 +145,9 @@ def test_edit_loop_rows(tiny_sd_adapter, tmp_path: Path, editor: str) -> None:
     assert read_records(out / RESULTS_FILE).shape[0] == len(df)
     grid = run_edit_grid({f"ddim+{editor}": out}, tmp_path / "grid.png")
     assert grid is not None and grid.exists()
+    report = aggregate([out], tmp_path / "report")  # an edit run's report: the editing figures and grid
+    names = {p.name for p in report.plots}
+    assert {"edit_background.png", "edits_tiny_sd.png"} <= names and "reconstructions_tiny_sd.png" in names
 
 
 def test_exact_loop_rows(tiny_sd_adapter) -> None:

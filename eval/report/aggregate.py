@@ -14,6 +14,7 @@ from typing import Iterable
 import pandas as pd
 
 from eval.records import RESULTS_FILE, read_records
+from eval.report.edit_plots import edit_tradeoff, run_edit_grid
 from eval.report.plots import convergence, convergence_from_records, quality_vs_time, run_image_grid
 from eval.report.tables import TIME_TOTAL, add_total_time, label_methods, mean_ci, write_tables
 
@@ -64,7 +65,10 @@ def aggregate(
     ``quality_vs_time.png`` is drawn when PSNR and times are present; with ``sweep_param`` (an
     inverter hyperparameter swept across the runs, e.g. ``max_iters``) also ``convergence.png``;
     ``reconstructions_<model>.png`` per model whose runs kept their images
-    (:func:`eval.report.plots.save_run_images`).
+    (:func:`eval.report.plots.save_run_images`). Edit runs (``task=edit``) add the paper's editing
+    figure ``edit_tradeoff.png`` (CLIP score against LPIPS to the source; background PSNR
+    against edit success in ``edit_background.png``) and ``edits_<model>.png`` (source, then each
+    method's edit).
     """
     records = load_results(paths)
     out = Path(out_dir)
@@ -87,7 +91,12 @@ def aggregate(
     for model, block in labelled.groupby("model", sort=False):
         runs = {f"{r.method} · {r.setting}" if block["setting"].nunique() > 1 else r.method: r.run_dir
                 for r in block.drop_duplicates("run_dir").itertuples()}
-        grid = run_image_grid(runs, out / f"reconstructions_{model}.png")
-        if grid is not None:
-            result.plots.append(grid)
+        grids = (run_image_grid(runs, out / f"reconstructions_{model}.png"),
+                 run_edit_grid(runs, out / f"edits_{model}.png"))
+        result.plots.extend(g for g in grids if g is not None)
+    for name, y, x in (("edit_tradeoff", "clip_whole", "lpips_to_source"), ("edit_background", "bg_psnr", "edit_success")):
+        if {x, y} <= metrics:
+            fig = edit_tradeoff(records, out / f"{name}.png", y=y, x=x)
+            if fig is not None:
+                result.plots.append(fig)
     return result
