@@ -10,7 +10,13 @@ from gnri.core import Conditioning, Prediction, StepProblem, Tensor
 
 
 def require_cfg(method: str, cond: Conditioning) -> None:
-    """Refuse settings without classifier-free guidance (guidance-distilled models)."""
+    """Refuse settings without classifier-free guidance, and guidance-distilled models (which
+    were not trained for it, even when a guidance scale is given)."""
+    if cond.guidance_distilled:
+        raise ValueError(
+            f"inverter {method}: needs classifier-free guidance, which a guidance-distilled model "
+            "(model.guidance_distilled=true: SDXL-Turbo, FLUX.1) was not trained for"
+        )
     if not cond.uses_cfg:
         branch = "no negative branch" if cond.negative is None else "a negative branch"
         raise ValueError(

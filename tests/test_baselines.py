@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -230,6 +231,9 @@ def test_cfg_methods_refuse_without_guidance(module: Any) -> None:
     for cond in (Conditioning({"shift": torch.zeros(1)}), _cfg(x0, guidance=1.0)):
         with pytest.raises(ValueError, match="needs classifier-free guidance"):
             module.invert(den, x0, grid, cond)
+    distilled = replace(_cfg(x0, guidance=3.0), guidance_distilled=True)  # a guidance scale is not enough
+    with pytest.raises(ValueError, match="guidance-distilled"):
+        module.invert(den, x0, grid, distilled)
 
 
 @pytest.mark.parametrize(

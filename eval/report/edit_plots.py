@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from eval.report.plots import (
     CELL_INCHES,
     IMAGES_DIR,
+    LEGEND_SPACE,
     PANEL_INCHES,
     RECON_DIR,
     SOURCE_DIR,
@@ -42,7 +43,6 @@ from eval.report.tables import summarize
 
 EDIT_DIR = "edit"
 EDITOR_MARKERS = {"prompt_swap": "o", "p2p": "s"}  # marker per editor (the method label's "+<editor>")
-LEGEND_SPACE = 0.9  # horizontal gap between panels (fraction of a panel's width) for the outside legends
 AXIS_LABELS = {
     "clip_whole": "CLIP score (target prompt) ↑",
     "clip_edited": "CLIP score, edited region ↑",

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from eval.report.tables import TIME_TOTAL, parse_params, label_methods, mean_ci, summarize
 
@@ -29,8 +29,10 @@ from eval.report.tables import TIME_TOTAL, parse_params, label_methods, mean_ci,
 CONVERGENCE_COLUMNS = ("method", "iteration", "metric", "value")
 CONVERGENCE_METRICS = {"psnr": "PSNR (dB)", "residual": "residual (RMS)"}
 PANEL_INCHES = (4.5, 3.4)
+LEGEND_SPACE = 0.9  # horizontal gap between panels (fraction of a panel's width) for the outside legends
 CELL_INCHES = 1.6
 DPI = 120
+MARKERS = ("o", "s", "^", "D")
 LOG_X_RATIO = 20.0  # time axis goes logarithmic when the slowest method is this many times the fastest
 IMAGES_DIR = "images"
 SOURCE_DIR = "source"
@@ -52,6 +54,11 @@ def _colors(names: Sequence[str]) -> dict[str, tuple[float, ...]]:
     return {n: cmap(i % 10) for i, n in enumerate(names)}
 
 
+def _markers(names: Sequence[str]) -> dict[str, str]:
+    """A marker per name that, with :func:`_colors`, tells up to 40 names apart."""
+    return {n: MARKERS[(i // 10) % len(MARKERS)] for i, n in enumerate(names)}
+
+
 def quality_vs_time(
     records: pd.DataFrame, out_path: str | Path, quality: str = "psnr", time: str = TIME_TOTAL
 ) -> Path:
@@ -61,7 +68,7 @@ def quality_vs_time(
     if not panels:
         raise ValueError("quality_vs_time: the results table has no rows")
     methods = list(dict.fromkeys(summary["method"]))
-    colors = _colors(methods)
+    colors, markers = _colors(methods), _markers(methods)
     fig = Figure(figsize=(PANEL_INCHES[0] * len(panels), PANEL_INCHES[1]))
     labelled = label_methods(records)
     for k, (model, setting) in enumerate(panels):
@@ -73,8 +80,8 @@ def quality_vs_time(
             if q.empty or t.empty or not math.isfinite(q["mean"].iloc[0]) or not math.isfinite(t["mean"].iloc[0]):
                 continue
             ax.errorbar(t["mean"].iloc[0], q["mean"].iloc[0], xerr=np.nan_to_num(t["ci95"].iloc[0]),
-                        yerr=np.nan_to_num(q["ci95"].iloc[0]), fmt="o", capsize=3, color=colors[method],
-                        label=method)
+                        yerr=np.nan_to_num(q["ci95"].iloc[0]), fmt=markers[method], capsize=3,
+                        color=colors[method], elinewidth=0.8, label=method)
         if quality == "psnr":
             ceil = labelled[(labelled["model"] == model) & (labelled["setting"] == setting)
                             & (labelled["metric"] == "psnr_vae_ceiling") & (labelled["status"] == "ok")]
@@ -86,11 +93,13 @@ def quality_vs_time(
         times = times[np.isfinite(times) & (times > 0)]
         if len(times) > 1 and times.max() / times.min() > LOG_X_RATIO:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels crowd a short decade
         ax.set_title(f"{model} · {setting}", fontsize=9)
         ax.set_xlabel("inversion + reconstruction time [s]" if time == TIME_TOTAL else time)
         ax.set_ylabel("PSNR (dB)" if quality == "psnr" else quality)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.subplots_adjust(wspace=LEGEND_SPACE)
     return _save(fig, out_path)
 
 

@@ -92,12 +92,15 @@ class Conditioning:
     ``prompt_embeds``; SDXL adds ``text_embeds`` and ``time_ids``; Flux adds pooled and id
     tensors). With ``negative`` set and ``guidance_scale != 1`` the denoiser applies
     classifier-free guidance and costs two network forwards per call. Null-text inversion
-    optimises the float tensors of ``negative``.
+    optimises the float tensors of ``negative``. ``guidance_distilled``: the model was distilled
+    to sample without classifier-free guidance (SDXL-Turbo, FLUX.1 schnell/dev); inverters built
+    on CFG refuse it, while editing may still apply a guidance scale (GNRI's SDXL-Turbo edits: 1.2).
     """
 
     positive: dict[str, Tensor]
     negative: dict[str, Tensor] | None = None
     guidance_scale: float = 1.0
+    guidance_distilled: bool = False
 
     @property
     def uses_cfg(self) -> bool:

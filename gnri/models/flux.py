@@ -201,7 +201,7 @@ class FluxAdapter:
         negative = None
         if guidance_scale > 1.0:
             negative = self._encode(negative_prompts or [""] * len(prompts))
-        return Conditioning(self._encode(prompts), negative, guidance_scale)
+        return Conditioning(self._encode(prompts), negative, guidance_scale, self.guidance_distilled)
 
     def denoiser(self) -> FluxDenoiser:
         return self._denoiser

@@ -169,7 +169,7 @@ class SDAdapter:
             list(prompts), self.device, 1, use_cfg, negative_prompt=negative_prompts
         )
         negative = {"prompt_embeds": neg} if use_cfg else None
-        return Conditioning({"prompt_embeds": pos}, negative, guidance_scale)
+        return Conditioning({"prompt_embeds": pos}, negative, guidance_scale, self.guidance_distilled)
 
     def denoiser(self) -> UNetDenoiser:
         return self._denoiser

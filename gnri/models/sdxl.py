@@ -56,4 +56,4 @@ class SDXLAdapter(SDAdapter):
         negative = None
         if use_cfg:
             negative = {"prompt_embeds": neg, "text_embeds": neg_pooled, "time_ids": time_ids.clone()}
-        return Conditioning(positive, negative, guidance_scale)
+        return Conditioning(positive, negative, guidance_scale, self.guidance_distilled)
