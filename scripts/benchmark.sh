@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
+START=$SECONDS
 OUT=${OUT:-outputs/benchmark/$(date +%Y-%m-%d_%H-%M-%S)}
 for part in world_ddim50 world_euler4 world_flow; do
   .venv/bin/python run.py -m experiment=$part progress=false hydra.sweep.dir="$OUT/$part" "$@"
 done
 .venv/bin/python scripts/aggregate.py "$OUT" --out "$OUT/report" --title "Embedded world: reconstruction"
-echo "benchmark: tables and plots in $OUT/report"
+echo "benchmark: $((SECONDS - START)) s after set-up; tables and plots in $OUT/report"

@@ -33,7 +33,7 @@ SETTINGS = {
            "few_step": {"scheduler": "EulerDiscreteScheduler", "timestep_spacing": "trailing",
                         "num_inference_steps": 4}},
     "flux": {"folder": "flux", "num_inference_steps": 8, "max_sequence_length": T5_MAX_LENGTH,
-             "true_cfg_scale": 1.0},
+             "true_cfg_scale": 3.0},  # FluxPipeline's true CFG with an empty negative, as the UNet's guidance 3
     "clip": {"folder": "clip", "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
 }
 

@@ -4,7 +4,8 @@ Loads ``datasets/world/{sd,flux,clip}`` offline with diffusers'/transformers' fr
 prints (and writes to ``datasets/world/metrics.json``): the autoencoder's round-trip PSNR on the
 held-out manifest, the CLIP model's 1-of-5 accuracy against the manifest's distractor captions,
 and the checker's pass rate of images generated from held-out captions (SD folder: DDIM 50 steps
-and Euler trailing 4 steps; Flux folder: flow-matching Euler 8 and 4 steps), per attribute too.
+and Euler trailing 4 steps, guidance 3; Flux folder: flow-matching Euler 8 and 4 steps with true
+classifier-free guidance 3 and an empty negative prompt), per attribute too.
 
     HF_HUB_OFFLINE=1 python -m scripts.world.measure [--n-gen 200]
 """
@@ -92,7 +93,9 @@ def generate(pipe: object, prompts: list[str], seed: int, chunk: int = 50, **kwa
     out = []
     for i in range(0, len(prompts), chunk):
         g = torch.Generator().manual_seed(seed + i)
-        out.append(pipe(prompt=prompts[i:i + chunk], generator=g, output_type="pt", **kwargs).images)
+        batch = prompts[i:i + chunk]
+        extra = {**kwargs, "negative_prompt": [kwargs["negative_prompt"]] * len(batch)} if "negative_prompt" in kwargs else kwargs
+        out.append(pipe(prompt=batch, generator=g, output_type="pt", **extra).images)
     return torch.cat(out)
 
 
@@ -145,9 +148,11 @@ def main(argv: list[str] | None = None) -> None:
         f = settings["flux"]
         flux = FluxPipeline.from_pretrained(args.world / f["folder"])
         flux.set_progress_bar_config(disable=True)
+        cfg = f.get("true_cfg_scale", 1.0)
+        guidance = {"true_cfg_scale": cfg, "negative_prompt": ""} if cfg > 1.0 else {}
         for steps in (f["num_inference_steps"], 4):
             imgs = generate(flux, prompts, args.seed, num_inference_steps=steps, height=size, width=size,
-                            max_sequence_length=f["max_sequence_length"])
+                            max_sequence_length=f["max_sequence_length"], **guidance)
             res[f"flux_euler{steps}"] = score(imgs, prompts)
             if args.grids:
                 save_grid(imgs, args.grids / f"flux_euler{steps}.png")
