@@ -14,7 +14,7 @@ from scipy import stats
 from eval.records import HARNESS_METRICS, RESULTS_FILE, RunInfo, provenance, read_records, to_frame
 from eval.report.aggregate import aggregate, find_results, load_results
 from eval.report.plots import (
-    convergence, convergence_from_records, image_grid, quality_vs_time, save_run_images,
+    convergence, convergence_from_records, image_grid, quality_vs_time, run_image_grid, save_run_images,
 )
 from eval.report.tables import (
     TIME_TOTAL, VAE_ROW, label_methods, mean_ci, paper_markdown, paper_table, summarize, write_tables,
@@ -145,3 +145,12 @@ def test_aggregate_multirun_folders_and_cli(tmp_path: Path) -> None:
     assert cli.main([str(sweep), "--out", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / "paper_table.md").is_file()
     assert cli.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "cli2")]) == 2
+
+
+def test_image_grid_leaves_out_runs_without_images(tmp_path: Path) -> None:
+    source = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    save_run_images(tmp_path / "ran", "img0", source, source / 2)
+    (tmp_path / "skipped").mkdir()  # a method that did not apply saved nothing
+    grid = run_image_grid({"ran": tmp_path / "ran", "skipped": tmp_path / "skipped"}, tmp_path / "grid.png")
+    assert grid is not None and grid.is_file()
+    assert run_image_grid({"skipped": tmp_path / "skipped"}, tmp_path / "none.png") is None

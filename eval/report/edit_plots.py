@@ -102,8 +102,10 @@ def edit_grid(source: torch.Tensor, edits: Mapping[str, torch.Tensor], out_path:
 
 
 def run_edit_grid(run_dirs: Mapping[str, str | Path], out_path: str | Path, max_images: int = 8) -> Path | None:
-    """:func:`edit_grid` of the pairs every run in ``run_dirs`` (method label -> run folder) saved; None if none."""
+    """:func:`edit_grid` of the pairs every run in ``run_dirs`` (method label -> run folder) that
+    saved any edit saved; None if none."""
     folders = {m: Path(d) / IMAGES_DIR for m, d in run_dirs.items()}
+    folders = {m: f for m, f in folders.items() if any((f / EDIT_DIR).glob("*.png"))}  # skipped runs have none
     names: set[str] | None = None
     for folder in folders.values():
         have = {p.name for p in (folder / EDIT_DIR).glob("*.png")}

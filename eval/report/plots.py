@@ -218,8 +218,10 @@ def _load_png(path: Path) -> torch.Tensor:
 
 
 def run_image_grid(run_dirs: Mapping[str, str | Path], out_path: str | Path, max_images: int = 8) -> Path | None:
-    """Grid of the images every run in ``run_dirs`` (method label -> run folder) saved; None if none."""
+    """Grid of the images every run in ``run_dirs`` (method label -> run folder) that saved any
+    saved; runs without images (a method skipped everywhere) are left out. None if none."""
     folders = {m: Path(d) / IMAGES_DIR for m, d in run_dirs.items()}
+    folders = {m: f for m, f in folders.items() if any((f / RECON_DIR).glob("*.png"))}
     names = None
     for folder in folders.values():
         have = {p.name for p in (folder / RECON_DIR).glob("*.png")}
