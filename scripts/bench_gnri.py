@@ -81,6 +81,8 @@ def methods() -> dict[str, Callable[..., Any]]:
         "gnri_aa": anderson.invert,
         "gnri_aa[iters=2]": partial(anderson.invert, max_iters=2),
         "gnri_aa[iters=5]": partial(anderson.invert, max_iters=5),
+        "gnri_aa[warm]": partial(anderson.invert, start="previous"),
+        "gnri_aa[warm,iters=2]": partial(anderson.invert, start="previous", max_iters=2),
         "gnri_aa[lam=0.1]": partial(anderson.invert, lam=0.1),
         "gnri_nk": newton_krylov.invert,
     }

@@ -189,8 +189,25 @@ def test_third_variants_solve_the_toy_exactly(grid: Grid) -> None:
         newton_krylov.invert(den, x0, grid, COND, krylov_dim=1, tol=0.0),
         newton_krylov.invert(den, x0, grid, COND, krylov_dim=1, tol=0.0, jvp="tangent"),
         anderson.invert(den, x0, grid, COND, max_iters=3, tol=0.0),
+        anderson.invert(den, x0, grid, COND, max_iters=3, tol=0.0, start="previous"),
     ):
         assert step_residuals(den, res, grid, COND).max() < 1e-6
+
+
+def test_warm_start_costs_no_network_call_and_starts_closer() -> None:
+    """``start='previous'``: the same forwards per step; from the second step on the first
+    iterate is f of the previous step's prediction, nearer the root than x on a smooth denoiser."""
+    x0, grid = _latents((2, 4, 4, 4)), vp_grid(6)
+    counts, first = {}, {}
+    for start in ("x", "previous"):
+        den = CountingDenoiser(LinearEpsDenoiser(0.3))
+        res = anderson.invert(den, x0, grid, COND, max_iters=1, tol=0.0, start=start)
+        counts[start] = den.counter.forward
+        first[start] = step_residuals(LinearEpsDenoiser(0.3), res, grid, COND)[1:].mean()
+    assert counts["x"] == counts["previous"] == len(grid.levels) - 1
+    assert first["previous"] < first["x"]
+    with pytest.raises(ValueError, match="inverter gnri_aa: start"):
+        anderson.invert(LinearEpsDenoiser(0.3), x0, grid, COND, start="zero")
 
 
 def test_options_fail_with_one_line_errors() -> None:
