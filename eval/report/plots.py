@@ -50,13 +50,14 @@ def _save(fig: Figure, out_path: str | Path) -> Path:
 def _colors(names: Sequence[str]) -> dict[str, tuple[float, ...]]:
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10"]
-    return {n: cmap(i % 10) for i, n in enumerate(names)}
+    size = 10 if len(names) <= 10 else 20  # tab20 (light/dark pairs) keeps up to 20 names apart
+    cmap = colormaps[f"tab{size}"]
+    return {n: cmap(i % size) for i, n in enumerate(names)}
 
 
 def _markers(names: Sequence[str]) -> dict[str, str]:
-    """A marker per name that, with :func:`_colors`, tells up to 40 names apart."""
-    return {n: MARKERS[(i // 10) % len(MARKERS)] for i, n in enumerate(names)}
+    """A marker per name that, with :func:`_colors`, tells up to 80 names apart."""
+    return {n: MARKERS[(i // 20) % len(MARKERS)] for i, n in enumerate(names)}
 
 
 def quality_vs_time(

@@ -26,7 +26,8 @@ from eval.summary import tiny_banner
 CI_LEVEL = 0.95
 TIME_TOTAL = "time_total_s"  # derived: inversion + reconstruction seconds of one image (paper's time axis)
 VAE_ROW = "VAE ceiling"
-# (metric, header, format) of the paper table, in column order; absent metrics are dropped.
+# (metric, header, format) of the paper table, in column order; absent metrics are dropped (a
+# reconstruction run has no edit columns, an edit run no reconstruction PSNR).
 PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("psnr", "PSNR (dB)", "{:.2f}"),
     ("psnr_gap_to_vae", "gap to VAE (dB)", "{:.2f}"),
@@ -34,7 +35,17 @@ PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("lpips_vgg", "LPIPS-VGG", "{:.4f}"),
     ("ssim", "SSIM", "{:.4f}"),
     ("clip_score", "CLIP", "{:.2f}"),
+    ("edit_success", "edit success", "{:.2f}"),
+    ("bg_psnr", "bg PSNR (dB)", "{:.2f}"),
+    ("bg_ssim", "bg SSIM", "{:.4f}"),
+    ("bg_lpips", "bg LPIPS", "{:.4f}"),
+    ("lpips_to_source", "LPIPS to source", "{:.4f}"),
+    ("clip_whole", "CLIP target", "{:.2f}"),
+    ("clip_edited", "CLIP edited region", "{:.2f}"),
+    ("recon_psnr", "recon PSNR (dB)", "{:.2f}"),
     (TIME_TOTAL, "time (s)", "{:.3g}"),
+    ("time_invert_s", "invert (s)", "{:.3g}"),
+    ("time_edit_s", "edit (s)", "{:.3g}"),
     ("nfe_forward", "NFE", "{:.4g}"),
     ("nfe_backward", "VJP", "{:.4g}"),
 )
