@@ -183,8 +183,8 @@ def image_grid(
             ax.imshow(_to_hwc(images[i]), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if i == 0:
-                ax.set_title(name, fontsize=8)
+            if i == 0:  # one line per part of "method · setting" / "inverter+editor", so titles do not overlap
+                ax.set_title(name.replace(" · ", "\n").replace("+", "\n+"), fontsize=7)
             if j == 0 and row_labels is not None:
                 ax.set_ylabel(str(row_labels[i])[:24], fontsize=7)
     return _save(fig, out_path)
