@@ -32,12 +32,12 @@ from eval.report.plots import (
     RECON_DIR,
     SOURCE_DIR,
     _colors,
-    _load_png,
     _save,
     _save_png,
     _to_hwc,
     image_file_name,
     image_grid,
+    run_image_grid,
 )
 from eval.report.tables import summarize
 
@@ -104,20 +104,7 @@ def edit_grid(source: torch.Tensor, edits: Mapping[str, torch.Tensor], out_path:
 def run_edit_grid(run_dirs: Mapping[str, str | Path], out_path: str | Path, max_images: int = 8) -> Path | None:
     """:func:`edit_grid` of the pairs every run in ``run_dirs`` (method label -> run folder) that
     saved any edit saved; None if none."""
-    folders = {m: Path(d) / IMAGES_DIR for m, d in run_dirs.items()}
-    folders = {m: f for m, f in folders.items() if any((f / EDIT_DIR).glob("*.png"))}  # skipped runs have none
-    names: set[str] | None = None
-    for folder in folders.values():
-        have = {p.name for p in (folder / EDIT_DIR).glob("*.png")}
-        have &= {p.name for p in (folder / SOURCE_DIR).glob("*.png")}
-        names = have if names is None else names & have
-    chosen = sorted(names or [])[:max_images]
-    if not chosen:
-        return None
-    first = next(iter(folders.values()))
-    source = torch.stack([_load_png(first / SOURCE_DIR / n) for n in chosen])
-    edits = {m: torch.stack([_load_png(f / EDIT_DIR / n) for n in chosen]) for m, f in folders.items()}
-    return edit_grid(source, edits, out_path, [n.removesuffix(".png") for n in chosen])
+    return run_image_grid(run_dirs, out_path, max_images, kind=EDIT_DIR)
 
 
 def interpolation_strip(frames: torch.Tensor, out_path: str | Path, weights: Sequence[float] | None = None) -> Path:

@@ -218,14 +218,17 @@ def _load_png(path: Path) -> torch.Tensor:
         return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
-def run_image_grid(run_dirs: Mapping[str, str | Path], out_path: str | Path, max_images: int = 8) -> Path | None:
-    """Grid of the images every run in ``run_dirs`` (method label -> run folder) that saved any
-    saved; runs without images (a method skipped everywhere) are left out. None if none."""
+def run_image_grid(
+    run_dirs: Mapping[str, str | Path], out_path: str | Path, max_images: int = 8, kind: str = RECON_DIR
+) -> Path | None:
+    """Grid of the source and the ``kind`` images (reconstructions, or ``edit``) that every run in
+    ``run_dirs`` (method label -> run folder) that saved any saved; runs without such images (a
+    method skipped everywhere) are left out. None if none."""
     folders = {m: Path(d) / IMAGES_DIR for m, d in run_dirs.items()}
-    folders = {m: f for m, f in folders.items() if any((f / RECON_DIR).glob("*.png"))}
+    folders = {m: f for m, f in folders.items() if any((f / kind).glob("*.png"))}
     names = None
     for folder in folders.values():
-        have = {p.name for p in (folder / RECON_DIR).glob("*.png")}
+        have = {p.name for p in (folder / kind).glob("*.png")}
         have &= {p.name for p in (folder / SOURCE_DIR).glob("*.png")}
         names = have if names is None else names & have
     names = sorted(names or [])[:max_images]
@@ -233,5 +236,5 @@ def run_image_grid(run_dirs: Mapping[str, str | Path], out_path: str | Path, max
         return None
     first = next(iter(folders.values()))
     source = torch.stack([_load_png(first / SOURCE_DIR / n) for n in names])
-    recons = {m: torch.stack([_load_png(f / RECON_DIR / n) for n in names]) for m, f in folders.items()}
-    return image_grid(source, recons, out_path, row_labels=[n.removesuffix(".png") for n in names])
+    images = {m: torch.stack([_load_png(f / kind / n) for n in names]) for m, f in folders.items()}
+    return image_grid(source, images, out_path, row_labels=[n.removesuffix(".png") for n in names])

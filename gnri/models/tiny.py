@@ -56,7 +56,7 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """The byte -> printable-character table of GPT-2/CLIP byte-level BPE."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     bs += list(range(ord("®"), ord("ÿ") + 1))
@@ -71,7 +71,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def tiny_clip_tokenizer() -> CLIPTokenizer:
     """Byte-level CLIP tokenizer: 256 bytes, the same with ``</w>``, and the two specials."""
-    base = list(_bytes_to_unicode().values())
+    base = list(bytes_to_unicode().values())
     tokens = base + [b + "</w>" for b in base] + ["<|startoftext|>", "<|endoftext|>"]
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=CLIP_MAX_LENGTH)
 

@@ -20,6 +20,7 @@ import torch
 
 from eval.world.generator import render_many, scenes
 from eval.world.grammar import vocabulary
+from gnri.models.tiny import bytes_to_unicode
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLD_DIR = ROOT / "datasets" / "world"
@@ -139,18 +140,6 @@ def threads() -> int:
 
 # ---------------------------------------------------------------- tokenizers
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def _bpe_merges_used(word: str, ranks: dict[tuple[str, str], int]) -> list[tuple[str, str]]:
     """The merges CLIP's BPE applies to one lower-case word, in order."""
     parts = list(word[:-1]) + [word[-1] + "</w>"]
@@ -182,7 +171,7 @@ def build_clip_tokenizer(folder: Path) -> "object":
     for w in vocabulary():
         used.update(_bpe_merges_used(w, ranks))
     merges = sorted(used, key=ranks.__getitem__)
-    base = list(_bytes_to_unicode().values())
+    base = list(bytes_to_unicode().values())
     vocab = base + [v + "</w>" for v in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     tok = CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=[tuple(m) for m in merges],
                         model_max_length=CLIP_MAX_LENGTH)
