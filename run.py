@@ -53,7 +53,8 @@ def _extra_conf_dirs(args: list[str]) -> list[Path]:
 
 
 def check_group_choices(args: list[str]) -> str | None:
-    """A one-line error for the first ``group=name`` override naming no config, else None.
+    """A one-line error for the first ``group=name`` override naming no config (or an unknown
+    ``attention`` backend), else None.
 
     Understands sweeps (``a,b``, ``choice(a,b)``); leaves globs and anything it cannot parse
     to Hydra.
@@ -68,6 +69,12 @@ def check_group_choices(args: list[str]) -> str | None:
     except Exception:  # noqa: BLE001 - Hydra reports malformed overrides itself
         return None
     for o in overrides:
+        if o.key_or_group == "attention" and not o.is_sweep_override() and not o.is_delete():
+            from gnri.models.attention import ATTENTION_BACKENDS
+
+            if o.get_value_element_as_str() not in ATTENTION_BACKENDS:
+                return (f"run.py: unknown attention {o.get_value_element_as_str()!r}; "
+                        f"valid: {', '.join(ATTENTION_BACKENDS)}")
         if o.key_or_group not in GROUPS or o.is_delete() or o.package:
             continue
         if o.is_sweep_override():
@@ -176,6 +183,7 @@ def main(cfg: DictConfig) -> None:
     from eval.harness import BrokenAdapter, evaluate
     from eval.metrics import build_metrics
     from eval.records import RESULTS_FILE, read_records
+    from gnri.models.attention import attention_backend
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -202,14 +210,15 @@ def main(cfg: DictConfig) -> None:
         "progress": cfg.progress, "on_rows": logger.log_rows if logger is not None else None,
     }
     try:
-        if task == "reconstruct":
-            records = evaluate(
-                adapter, schedule, inverter, choices.get("inverter"), dataset, metrics, warmup=cfg.warmup,
-                repeats=cfg.repeats, **common,
-            )
-        else:
-            records = run_task(task, cfg.task, adapter, schedule, inverter, choices.get("inverter"), dataset,
-                               warmup=cfg.warmup, **common)
+        with attention_backend(cfg.get("attention") or "default"):
+            if task == "reconstruct":
+                records = evaluate(
+                    adapter, schedule, inverter, choices.get("inverter"), dataset, metrics, warmup=cfg.warmup,
+                    repeats=cfg.repeats, **common,
+                )
+            else:
+                records = run_task(task, cfg.task, adapter, schedule, inverter, choices.get("inverter"), dataset,
+                                   warmup=cfg.warmup, **common)
     except KeyboardInterrupt:
         _finish(read_records(run_dir / RESULTS_FILE), run_dir, logger, "Interrupted: finished images only.")
         raise

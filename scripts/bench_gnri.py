@@ -11,7 +11,8 @@ Per method and step count it prints: the mean per-step residual (``gnri.core.ste
 decoded reconstruction against the decoded ``x0`` and against the input image, the gap of the
 latter to the VAE ceiling (encode then decode, no diffusion), network
 forwards and backwards per inversion (per batch call; x2 with guidance), and the inversion time
-as a multiple of DDIM inversion's (medians of ``--repeats`` after ``--warmup`` untimed runs).
+as a multiple of DDIM inversion's and in milliseconds for the whole batch (medians of ``--repeats``
+after ``--warmup`` untimed runs; CUDA is synchronised before each clock read).
 
 ``--latents randn`` (default) draws unit-normal latents (the scale of a real VAE's scaled latents)
 and uses their decodings as the input images, so both PSNR columns agree and the VAE ceiling is
@@ -44,6 +45,7 @@ from baselines import anderson as aidi  # noqa: E402
 from baselines import ddim, fixed_point  # noqa: E402
 from eval.data import sample_dataset  # noqa: E402
 from eval.metrics.psnr import psnr  # noqa: E402
+from eval.timing import synchronize  # noqa: E402
 from gnri.core import CountingDenoiser, sample, step_residuals  # noqa: E402
 from gnri.methods import anderson, gnri, gnri_official, newton_krylov  # noqa: E402
 from gnri.models.base import ScheduleSpec  # noqa: E402
@@ -88,13 +90,13 @@ def methods() -> dict[str, Callable[..., Any]]:
     }
 
 
-def load_model(name: str) -> Any:
+def load_model(name: str, device: str = "cpu") -> Any:
     """A tiny random-weight adapter (``sd``, ``sdxl``, ``flux``) or a trained world model (``world_*``)."""
     if name.startswith("world_"):
         from eval.world_data import world_adapter
 
-        return world_adapter(name.removeprefix("world_"), name=name)
-    return tiny_adapter(name)
+        return world_adapter(name.removeprefix("world_"), name=name, device=device)
+    return tiny_adapter(name, device=device)
 
 
 def load_images(adapter: Any, count: int, world: bool) -> tuple[torch.Tensor, list[str]]:
@@ -122,23 +124,26 @@ def run_method(
     times, result = [], None
     for _ in range(repeats):
         den.counter.reset()
+        synchronize(x0.device)
         start = time.perf_counter()
         result = fn(den, x0, grid, cond)
-        if x0.device.type == "cuda":
-            torch.cuda.synchronize(x0.device)
+        synchronize(x0.device)
         times.append(time.perf_counter() - start)
     return result, den.counter.forward, den.counter.backward, statistics.median(times)
 
 
 def bench(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
-    adapter = load_model(args.model)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    adapter = load_model(args.model, device)
     images, captions = load_images(adapter, args.images, args.model.startswith("world_"))
+    images = images.to(device)
     with torch.no_grad():
         if args.latents == "encoded":
             x0 = adapter.encode_images(images)
         else:
             x0 = torch.randn(adapter.latent_shape(len(captions)), generator=torch.Generator().manual_seed(args.seed))
+            x0 = x0.to(device)
             images = adapter.decode_latents(x0)
         decoded = adapter.decode_latents(x0)
     cond = adapter.encode_prompts(captions)
@@ -146,7 +151,7 @@ def bench(args: argparse.Namespace) -> None:
     kind = args.kind or KINDS[args.model]
     spacing = args.spacing or ("trailing" if kind == "euler" else None)
     print(f"model {label}  latents {args.latents} (RMS {float(x0.pow(2).mean().sqrt()):.3f})  "
-          f"images {len(captions)}  warmup {args.warmup}  repeats {args.repeats}")
+          f"images {len(captions)}  warmup {args.warmup}  repeats {args.repeats}  device {device}")
     for steps in args.steps:
         grid = adapter.grid(ScheduleSpec(kind=kind, num_steps=steps, spacing=spacing), x0.shape)
         den = adapter.denoiser()
@@ -165,10 +170,10 @@ def bench(args: argparse.Namespace) -> None:
         ceiling = float(psnr(decoded, images).mean())
         print(f"\n{steps} steps ({kind}{', ' + spacing if spacing else ''}); VAE ceiling PSNR vs input {ceiling:.2f} dB")
         print(f"{'method':24s} {'residual':>9s} {'roundtrip':>9s} {'PSNR dec':>8s} {'PSNR in':>8s} "
-              f"{'gap dB':>6s} {'fwd':>4s} {'bwd':>4s} {'time/ddim':>9s}")
+              f"{'gap dB':>6s} {'fwd':>4s} {'bwd':>4s} {'time/ddim':>9s} {'ms':>8s}")
         for r in rows:
             print(f"{r.name:24s} {r.residual:9.2e} {r.roundtrip:9.2e} {r.psnr_decoded:8.2f} {r.psnr_input:8.2f} "
-                  f"{ceiling - r.psnr_input:6.2f} {r.forward:4d} {r.backward:4d} {r.seconds / base:9.2f}")
+                  f"{ceiling - r.psnr_input:6.2f} {r.forward:4d} {r.backward:4d} {r.seconds / base:9.2f} {1e3 * r.seconds:8.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto (cuda if available)")
     bench(parser.parse_args(argv))
     return 0
 

@@ -174,3 +174,17 @@ def test_multirun_writes_one_folder_per_job(tmp_path: Path) -> None:
 
 def run_module_schedules() -> list[str]:
     return sorted(p.stem for p in (CONF / "schedule").glob("*.yaml"))
+
+
+def test_run_py_attention_backend_option(tmp_path: Path) -> None:
+    """``attention=math`` runs (recorded in provenance); an unknown backend is a one-line error."""
+    proc = _run(["attention=nope", f"hydra.run.dir={tmp_path / 'bad'}"], ROOT)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown attention 'nope'" in lines[0] and "efficient" in lines[0]
+    out = tmp_path / "run"
+    proc = _run(["model=tiny_sd", "inverter=ddim", "schedule.num_steps=2", "max_images=1", "attention=math",
+                 "progress=false", f"hydra.run.dir={out}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (read_records(out / RESULTS_FILE)["status"] == "ok").all()
+    assert '"attention": "math"' in (out / "provenance.json").read_text()
