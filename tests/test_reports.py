@@ -154,3 +154,17 @@ def test_image_grid_leaves_out_runs_without_images(tmp_path: Path) -> None:
     grid = run_image_grid({"ran": tmp_path / "ran", "skipped": tmp_path / "skipped"}, tmp_path / "grid.png")
     assert grid is not None and grid.is_file()
     assert run_image_grid({"skipped": tmp_path / "skipped"}, tmp_path / "none.png") is None
+
+
+def test_a_job_run_again_into_its_folder_supersedes_the_first_run(tmp_path: Path) -> None:
+    """Two runs appended to one results.csv (the same OUT reused): only the newest is aggregated."""
+    old = make_records(seed=0, methods=METHODS[:1]).assign(run_id="20260101-000000-aaaaaa")
+    new = make_records(seed=1, methods=METHODS[:1]).assign(run_id="20260102-000000-bbbbbb")
+    job = tmp_path / "sweep" / "0"
+    job.mkdir(parents=True)
+    pd.concat([old, new], ignore_index=True).to_csv(job / RESULTS_FILE, index=False)
+    with pytest.warns(UserWarning, match=r"holds 2 runs; keeping the newest \(20260102-000000-bbbbbb\)"):
+        combined = load_results([tmp_path / "sweep"])
+    assert set(combined["run_id"]) == {"20260102-000000-bbbbbb"} and len(combined) == len(new)
+    psnr = combined[combined["metric"] == "psnr"]["value"].to_numpy()
+    np.testing.assert_allclose(psnr, new[new["metric"] == "psnr"]["value"].to_numpy())

@@ -1,12 +1,16 @@
 """Aggregate several run folders (e.g. a Hydra multirun directory) into one table and its plots.
 
 Every ``results.csv`` found under the given paths is read with :func:`eval.records.read_records`
-and concatenated (each row keeps its ``run_id``; ``run_dir`` is added). Means and 95% confidence
+and concatenated (each row keeps its ``run_id``; ``run_dir`` is added). A folder holds one job; a
+job run again into the same folder appends a second run, which supersedes the first: only the
+newest run of each ``results.csv`` is kept (with a warning), so that no image is counted twice
+and no table mixes two runs' weights or code. Means and 95% confidence
 intervals are over images, per model x setting x method (:mod:`eval.report.tables`).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -41,11 +45,24 @@ def load_results(paths: Iterable[str | Path]) -> pd.DataFrame:
     for f in files:
         df = read_records(f)
         if not df.empty:
-            frames.append(df.assign(run_dir=str(f.parent)))
+            frames.append(newest_run_only(df, f).assign(run_dir=str(f.parent)))
     if not frames:
         where = [str(p) for p in files] or "the given paths"
         raise ValueError(f"aggregate: no rows in any {RESULTS_FILE} under {where}")
     return pd.concat(frames, ignore_index=True)
+
+
+def newest_run_only(records: pd.DataFrame, source: Path) -> pd.DataFrame:
+    """The rows of the newest run (``run_id``s sort by start time) in one ``results.csv``."""
+    runs = sorted(records["run_id"].astype(str).unique())
+    if len(runs) <= 1:
+        return records
+    keep = records["run_id"].astype(str) == runs[-1]
+    warnings.warn(
+        f"aggregate: {source} holds {len(runs)} runs; keeping the newest ({runs[-1]}) and dropping "
+        f"{int((~keep).sum())} rows of {', '.join(runs[:-1])}", stacklevel=2,
+    )
+    return records[keep]
 
 
 @dataclass
