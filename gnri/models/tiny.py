@@ -97,7 +97,7 @@ def tiny_vae(latent_channels: int = 4, flux: bool = False) -> AutoencoderKL:
     extra: dict[str, Any] = {}
     if flux:
         extra = {"use_quant_conv": False, "use_post_quant_conv": False, "shift_factor": 0.0609,
-                 "scaling_factor": 1.5035}  # FLUX.1's VAE constants
+                 "scaling_factor": 1.5035}  # a shift and scale like FLUX.1's VAE (whose own are 0.1159, 0.3611)
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 16),
         layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
