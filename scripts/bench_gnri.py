@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -45,7 +43,7 @@ from baselines import anderson as aidi  # noqa: E402
 from baselines import ddim, fixed_point  # noqa: E402
 from eval.data import sample_dataset  # noqa: E402
 from eval.metrics.psnr import psnr  # noqa: E402
-from eval.timing import synchronize  # noqa: E402
+from eval.timing import time_call  # noqa: E402
 from gnri.core import CountingDenoiser, sample, step_residuals  # noqa: E402
 from gnri.methods import anderson, gnri, gnri_official, newton_krylov  # noqa: E402
 from gnri.models.base import ScheduleSpec  # noqa: E402
@@ -121,15 +119,13 @@ def run_method(
     den = CountingDenoiser(adapter.denoiser())
     for _ in range(warmup):
         fn(den, x0, grid, cond)
-    times, result = [], None
-    for _ in range(repeats):
-        den.counter.reset()
-        synchronize(x0.device)
-        start = time.perf_counter()
-        result = fn(den, x0, grid, cond)
-        synchronize(x0.device)
-        times.append(time.perf_counter() - start)
-    return result, den.counter.forward, den.counter.backward, statistics.median(times)
+
+    def once() -> Any:
+        den.counter.reset()  # the counts of the last call: one inversion
+        return fn(den, x0, grid, cond)
+
+    timed = time_call(once, x0.device, repeats)
+    return timed.value, den.counter.forward, den.counter.backward, timed.median_s
 
 
 def bench(args: argparse.Namespace) -> None:

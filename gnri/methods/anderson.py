@@ -31,11 +31,11 @@ variant beyond the paper. ``lam = 0.1`` raises the residual (SD, 4 steps: 5.9e-2
 biases the solution, so the default is 0.
 
 On the trained world models (``results/bench_gnri``: 8 held-out scenes, gap of the reconstruction
-to the VAE ceiling at 3 forwards per step): UNet, Euler trailing, 4 / 10 steps: 1.33 / 0.45 dB
-against fixed point 4.31 / 0.60 and AIDI 1.71 / 0.67 (DDIM inversion 9.18 / 6.61); flow model,
-4 / 8 steps: 0.07 / -0.01 dB (fixed point 0.08 / -0.02). At 2 forwards per step (twice DDIM
-inversion's time) the flow model's gap is 0.25 dB at 4 steps, the UNet's 2.10 dB (1.77 with
-``start='previous'``).
+to the VAE ceiling at 3 forwards per step): UNet (3500 steps), Euler trailing, 4 / 10 steps:
+1.49 / 0.39 dB against fixed point 3.74 / 0.41 and AIDI 1.84 / 0.48 (DDIM inversion 9.97 / 7.53);
+flow model, 4 / 8 steps: 0.07 / -0.01 dB (fixed point 0.08 / -0.02). At 2 forwards per step
+(twice DDIM inversion's time) the flow model's gap is 0.25 dB at 4 steps, the UNet's 2.56 dB
+(1.87 with ``start='previous'``, at 2.2x).
 """
 
 from __future__ import annotations
