@@ -25,16 +25,18 @@ def adapter_class(family: str) -> Any:
     return __getattr__(_FAMILY_CLASS[family])
 
 
-def load_adapter(family: str, pretrained: Any, **options: Any) -> ModelAdapter:
+def load_adapter(family: str, pretrained: Any, allow_pickle: bool = False, **options: Any) -> ModelAdapter:
     """Adapter for ``family`` from a hub name / local folder (``from_pretrained``) or a pipeline
     object (``from_pipeline``). ``options``: ``device``, ``dtype``, ``name``, ``image_size``,
     ``guidance_distilled`` and the family's own (``prediction_type``, ``variant``; Flux
-    ``guidance``, ``max_sequence_length``)."""
+    ``guidance``, ``max_sequence_length``). Weights load from safetensors only: a folder with
+    only pickle weights is refused before loading, a hub id gets ``use_safetensors=True``,
+    unless ``allow_pickle`` (``model.allow_pickle=true``; see :mod:`gnri.models.weights`)."""
     cls = adapter_class(family)
     if pretrained is None:
         raise ValueError(f"model.pretrained must be a hub name, a local folder or a {family} pipeline, got None")
     if isinstance(pretrained, (str, Path)):
-        return cls.from_pretrained(pretrained, **options)
+        return cls.from_pretrained(pretrained, allow_pickle=allow_pickle, **options)
     return cls.from_pipeline(pretrained, **options)
 
 

@@ -125,3 +125,25 @@ def freeze(modules: Sequence[Any]) -> None:
         if isinstance(m, torch.nn.Module):
             m.eval()
             m.requires_grad_(False)
+
+
+def token_overflow(tokenizer: Any, text: str, max_length: int | None = None) -> int:
+    """How many of ``text``'s tokens a pipeline drops: its token count, special tokens included,
+    past ``max_length`` (default the tokenizer's ``model_max_length``, the length diffusers
+    truncates CLIP prompts to); 0 when it fits."""
+    limit = int(max_length if max_length is not None else tokenizer.model_max_length)
+    ids = tokenizer(text, truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
+    return max(0, len(ids) - limit)
+
+
+def truncation_warning(text: str, encoders: Sequence[tuple[str, Any, int]]) -> str | None:
+    """One line saying which text encoders truncate ``text`` and by how many tokens, or None.
+
+    ``encoders``: (name, tokenizer, max_length) per encoder; a None tokenizer is skipped.
+    """
+    parts = []
+    for name, tokenizer, limit in encoders:
+        dropped = token_overflow(tokenizer, text, limit) if tokenizer is not None else 0
+        if dropped:
+            parts.append(f"{name} keeps {limit} tokens, {dropped} dropped")
+    return "caption truncated: " + "; ".join(parts) if parts else None

@@ -32,11 +32,13 @@ from gnri.models.common import (
     resolve_dtype,
     stack_branches,
     to_prediction,
+    truncation_warning,
     vae_decode,
     vae_encode,
     vae_factors,
 )
 from gnri.models.schedules import build_grid
+from gnri.models.weights import safe_load_kwargs
 
 DEV_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale (FLUX.1-dev's distilled guidance)
 MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default T5 length (FLUX.1-schnell takes 256)
@@ -147,11 +149,14 @@ class FluxAdapter:
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "float32",
         variant: str | None = None,
+        allow_pickle: bool = False,
         **options: Any,
     ) -> FluxAdapter:
-        """Load by hub name or local diffusers folder."""
+        """Load by hub name or local diffusers folder; safetensors only unless ``allow_pickle``
+        (see :meth:`gnri.models.sd.SDAdapter.from_pretrained`)."""
         torch_dtype = resolve_dtype(dtype)
-        pipe = FluxPipeline.from_pretrained(str(pretrained), torch_dtype=torch_dtype, variant=variant)
+        safe = safe_load_kwargs(pretrained, allow_pickle)
+        pipe = FluxPipeline.from_pretrained(str(pretrained), torch_dtype=torch_dtype, variant=variant, **safe)
         options.setdefault("name", Path(str(pretrained)).name)
         return cls(pipe, device=device, dtype=torch_dtype, **options)
 
@@ -202,6 +207,15 @@ class FluxAdapter:
         if guidance_scale > 1.0:
             negative = self._encode(negative_prompts or [""] * len(prompts))
         return Conditioning(self._encode(prompts), negative, guidance_scale, self.guidance_distilled)
+
+    def prompt_warning(self, prompt: str) -> str | None:
+        """One line if ``encode_prompts`` would truncate ``prompt`` (CLIP at its
+        ``model_max_length``, T5 at ``max_sequence_length``; diffusers only logs it), else None."""
+        clip = self.pipe.tokenizer
+        return truncation_warning(prompt, [
+            ("text_encoder", clip, int(clip.model_max_length)),
+            ("text_encoder_2", self.pipe.tokenizer_2, self.max_sequence_length),
+        ])
 
     def denoiser(self) -> FluxDenoiser:
         return self._denoiser

@@ -29,11 +29,13 @@ from gnri.models.common import (
     resolve_dtype,
     stack_branches,
     to_prediction,
+    truncation_warning,
     vae_decode,
     vae_encode,
     vae_factors,
 )
 from gnri.models.schedules import build_grid
+from gnri.models.weights import safe_load_kwargs
 
 ADDED_COND_KEYS = ("text_embeds", "time_ids")  # SDXL's added_cond_kwargs
 
@@ -123,12 +125,18 @@ class SDAdapter:
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "float32",
         variant: str | None = None,
+        allow_pickle: bool = False,
         **options: Any,
     ) -> SDAdapter:
-        """Load by hub name or local diffusers folder (``variant``: e.g. ``"fp16"`` weight files)."""
+        """Load by hub name or local diffusers folder (``variant``: e.g. ``"fp16"`` weight files).
+
+        Safetensors only unless ``allow_pickle`` (:func:`gnri.models.weights.safe_load_kwargs`:
+        a folder with only pickle weights is refused before anything is loaded).
+        """
         torch_dtype = resolve_dtype(dtype)
+        safe = safe_load_kwargs(pretrained, allow_pickle)
         pipe = cls.pipeline_class.from_pretrained(
-            str(pretrained), torch_dtype=torch_dtype, variant=variant, **cls._load_kwargs()
+            str(pretrained), torch_dtype=torch_dtype, variant=variant, **safe, **cls._load_kwargs()
         )
         options.setdefault("name", Path(str(pretrained)).name)
         return cls(pipe, device=device, dtype=torch_dtype, **options)
@@ -170,6 +178,15 @@ class SDAdapter:
         )
         negative = {"prompt_embeds": neg} if use_cfg else None
         return Conditioning({"prompt_embeds": pos}, negative, guidance_scale, self.guidance_distilled)
+
+    def prompt_warning(self, prompt: str) -> str | None:
+        """One line if ``encode_prompts`` would truncate ``prompt`` (diffusers cuts CLIP prompts
+        at the tokenizer's ``model_max_length`` and only logs it), else None."""
+        return truncation_warning(prompt, self._text_encoders())
+
+    def _text_encoders(self) -> list[tuple[str, Any, int]]:
+        tok = self.pipe.tokenizer
+        return [("text_encoder", tok, int(tok.model_max_length))] if tok is not None else []
 
     def denoiser(self) -> UNetDenoiser:
         return self._denoiser

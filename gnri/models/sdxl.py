@@ -33,6 +33,14 @@ class SDXLAdapter(SDAdapter):
     def _load_kwargs() -> dict[str, Any]:
         return {"add_watermarker": False}
 
+    def _text_encoders(self) -> list[tuple[str, Any, int]]:
+        out = []
+        for name in ("tokenizer", "tokenizer_2"):
+            tok = getattr(self.pipe, name, None)
+            if tok is not None:
+                out.append((name.replace("tokenizer", "text_encoder"), tok, int(tok.model_max_length)))
+        return out
+
     def _time_ids(self, batch: int) -> torch.Tensor:
         size = tuple(self._image_size)
         te2 = self.pipe.text_encoder_2

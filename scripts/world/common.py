@@ -113,7 +113,7 @@ class Checkpoint:
         """Restore the state if a checkpoint exists: (steps done, wall seconds, CPU seconds)."""
         if not self.path.is_file():
             return 0, 0.0, 0.0
-        st = torch.load(self.path)
+        st = torch.load(self.path, weights_only=True)  # tensors and plain values only: no code runs
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])

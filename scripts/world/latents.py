@@ -43,7 +43,7 @@ def load_latents(work: Path) -> dict:
     path = work / "latents.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: run `python -m scripts.world.latents --work {work}` first")
-    return torch.load(path)
+    return torch.load(path, weights_only=True)  # tensors, captions and the seed: no code runs
 
 
 def main(argv: list[str] | None = None) -> None:
