@@ -10,8 +10,14 @@ A dataset is a list of :class:`Entry` (no pixels yet). Three sources:
   :func:`draw_sample`; regenerate with ``python -m eval.data datasets/sample``).
 
 A source that cannot be read at all (missing folder, invalid JSON file) raises a one-line
-error. A bad *entry* (missing or unreadable file, missing caption, malformed line) becomes an
-Entry whose ``problem`` says why, so the harness records it instead of crashing.
+error. A bad *entry* becomes an Entry whose ``problem`` says why, so the harness records it
+instead of crashing: a missing file, a missing, non-string, empty or whitespace-only caption,
+a manifest line that is not UTF-8 (the other lines are still read), not JSON, or not an object
+with a string ``image``, text that cannot be written as UTF-8 (lone surrogates), and an exact
+repeat of an earlier (image, caption) pair. The same image listed again with a different
+caption is kept under a distinct id: the second ``x.png`` is ``x.png#2``, the third ``x.png#3``.
+A usable entry may carry a ``warning`` (:func:`with_caption_warnings`: its caption is longer
+than the model's text encoders take, so the pipeline truncates it).
 
 Image rule (:func:`gnri.images.load_image` + :func:`gnri.images.fit_to_size`): any PIL mode becomes RGB float in [0, 1]
 (L/LA/P/RGBA via RGBA composited on white; 16- and 32-bit integer greyscale scaled by 65535);
@@ -22,9 +28,11 @@ shorter side matching, and center-cropped to exactly (H, W).
 from __future__ import annotations
 
 import json
+import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Iterable
 
 import torch
 from PIL import Image, ImageDraw
@@ -39,12 +47,15 @@ class Entry:
     """One benchmark item: ``image_id`` names it in the results table.
 
     ``problem`` is None for a usable entry, else a one-line reason it cannot be evaluated.
+    ``warning`` is None, or one line about a usable entry the rows should carry (e.g. its
+    caption is truncated by the text encoder).
     """
 
     image_id: str
     path: Path | None
     caption: str | None
     problem: str | None = None
+    warning: str | None = None
 
 
 def sample_dir() -> Path:
@@ -58,7 +69,11 @@ def sample_dataset() -> list[Entry]:
 
 
 def folder_dataset(path: str | Path, captions: str = CAPTIONS_FILE) -> list[Entry]:
-    """Entries of ``captions.jsonl`` in file order, then uncaptioned images (sorted) as problems."""
+    """Entries of ``captions.jsonl`` in file order, then uncaptioned images (sorted) as problems.
+
+    Lines are split on ``\\n`` only (a caption may hold U+2028) and decoded one by one, so a
+    line that is not UTF-8 is one problem entry and the rest of the file is still read.
+    """
     root = Path(path)
     manifest = root / captions
     if not root.is_dir():
@@ -66,15 +81,27 @@ def folder_dataset(path: str | Path, captions: str = CAPTIONS_FILE) -> list[Entr
     if not manifest.is_file():
         raise FileNotFoundError(f"dataset: {str(manifest)!r} not found (one JSON object per line)")
     entries: list[Entry] = []
-    for lineno, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, raw in enumerate(manifest.read_bytes().split(b"\n"), start=1):
+        where = f"{manifest.name} line {lineno}"
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            bad = f"byte 0x{raw[err.start]:02x} at column {err.start + 1}"
+            entries.append(Entry(where, None, None, f"{where}: not UTF-8 ({bad})"))
+            continue
         if line.strip():
-            entries.append(_jsonl_entry(root, line, f"{manifest.name} line {lineno}"))
-    listed = {e.image_id for e in entries}
+            entries.append(_jsonl_entry(root, line, where))
+    listed = {os.path.normpath(e.path) for e in entries if e.path is not None}
     for file in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         rel = file.relative_to(root).as_posix()
-        if rel not in listed:
+        if os.path.normpath(file) not in listed:
             entries.append(Entry(rel, file, None, f"missing caption: {rel} is not in {manifest.name}"))
-    return entries
+    return distinct_ids(entries)
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
 def _jsonl_entry(root: Path, line: str, where: str) -> Entry:
@@ -82,42 +109,130 @@ def _jsonl_entry(root: Path, line: str, where: str) -> Entry:
         item = json.loads(line)
     except json.JSONDecodeError as err:
         return Entry(where, None, None, f"{where}: invalid JSON ({err.msg})")
-    if not isinstance(item, dict) or not isinstance(item.get("image"), str):
-        return Entry(where, None, None, f"{where}: needs a string 'image' field")
-    caption = item.get("caption")
-    image_id = item["image"]
-    return _entry(image_id, root / image_id, caption if isinstance(caption, str) else None)
+    except (ValueError, RecursionError) as err:  # e.g. an integer too long, nesting too deep
+        return Entry(where, None, None, f"{where}: invalid JSON ({type(err).__name__})")
+    if not isinstance(item, dict):
+        return Entry(where, None, None, f"{where}: {_json_kind(item)}, not an object with 'image' and 'caption'")
+    image = item.get("image")
+    if not isinstance(image, str) or not image.strip():
+        return Entry(where, None, None, f"{where}: needs a string 'image' field (got {_json_kind(image)})")
+    return _entry(image, root, item.get("caption", None), where, "caption" in item)
 
 
-def _entry(image_id: str, file: Path, caption: str | None) -> Entry:
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _entry(image_id: str, folder: Path, caption: object, where: str, has_caption: bool = True) -> Entry:
+    """The entry of ``image_id`` (a path relative to ``folder``) with ``caption`` as found."""
+    if not _utf8(image_id) or "\x00" in image_id:
+        return Entry(where, None, None, f"{where}: image name is not a valid file name (lone surrogate or NUL)")
+    file = folder / image_id
+    if isinstance(caption, str) and not _utf8(caption):
+        return Entry(image_id, file, None, f"caption of {image_id} is not valid Unicode (a lone surrogate)")
+    text = caption if isinstance(caption, str) else None
     if not file.is_file():
-        return Entry(image_id, file, caption, f"image file not found: {file}")
+        return Entry(image_id, file, text, f"image file not found: {file}")
     if caption is None:
-        return Entry(image_id, file, None, f"missing caption for {image_id}")
+        return Entry(image_id, file, None, f"missing caption for {image_id}" if not has_caption
+                     else f"missing caption for {image_id} (caption is null)")
+    if not isinstance(caption, str):
+        return Entry(image_id, file, None, f"caption of {image_id} must be a string, got {_json_kind(caption)}")
+    if not caption.strip():
+        return Entry(image_id, file, caption, f"empty caption for {image_id} (blank or whitespace only)")
     return Entry(image_id, file, caption)
 
 
+def distinct_ids(entries: Iterable[Entry]) -> list[Entry]:
+    """``entries`` with every ``image_id`` unique: a repeat of an id gets ``#2``, ``#3``, ... .
+
+    A repeat with the same file and caption as an earlier entry becomes a problem
+    ("duplicate of ..."): the pair would be counted twice.
+    """
+    entries = list(entries)
+    taken = {e.image_id for e in entries}
+    seen: dict[str, list[Entry]] = {}
+    out = []
+    for entry in entries:
+        earlier = seen.setdefault(entry.image_id, [])
+        if earlier:
+            n = len(earlier) + 1
+            while f"{entry.image_id}#{n}" in taken:
+                n += 1
+            new_id = f"{entry.image_id}#{n}"
+            taken.add(new_id)
+            same = next((e for e in earlier if (e.path, e.caption) == (entry.path, entry.caption)), None)
+            problem = entry.problem
+            if problem is None and same is not None:
+                problem = f"duplicate of {same.image_id}: the same image and caption"
+            earlier.append(entry)
+            entry = replace(entry, image_id=new_id, problem=problem)
+        else:
+            earlier.append(entry)
+        out.append(entry)
+    return out
+
+
+def with_caption_warnings(entries: Iterable[Entry], adapter: Any) -> list[Entry]:
+    """``entries`` with a ``warning`` on each usable one whose caption the adapter truncates.
+
+    Uses ``adapter.prompt_warning(caption) -> str | None`` (the SD, SDXL and Flux adapters have
+    it); an adapter without it leaves the entries as they are.
+    """
+    check = getattr(adapter, "prompt_warning", None)
+    out = []
+    for entry in entries:
+        if check is not None and entry.problem is None and entry.caption:
+            warning = check(entry.caption)
+            if warning:
+                entry = replace(entry, warning=warning if entry.warning is None else f"{entry.warning}; {warning}")
+        out.append(entry)
+    return out
+
+
 def coco_dataset(path: str | Path, images: str | Path | None = None) -> list[Entry]:
-    """Entries of a COCO captions JSON ``path``; ``images`` defaults to the JSON's folder."""
+    """Entries of a COCO captions JSON ``path``; ``images`` defaults to the JSON's folder.
+
+    An image's caption is its first non-blank one (stripped); an image listed twice with
+    different captions is told apart as for :func:`folder_dataset`.
+    """
     file = Path(path)
     folder = Path(images) if images is not None else file.parent
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"dataset.path: cannot read COCO captions {str(file)!r}: {err}") from None
+    except (OSError, ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"dataset.path: cannot read COCO captions {str(file)!r}: {_first_line(err)}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"dataset.path: {str(file)!r} has no 'images' list (COCO captions format)")
+    annotations = data.get("annotations", [])
     captions: dict[object, str] = {}
-    for ann in data.get("annotations", []):
-        if isinstance(ann, dict) and isinstance(ann.get("caption"), str):
-            captions.setdefault(ann.get("image_id"), ann["caption"].strip())
+    for ann in annotations if isinstance(annotations, list) else []:
+        if isinstance(ann, dict) and isinstance(ann.get("caption"), str) and _hashable(ann.get("image_id")):
+            key, text = ann.get("image_id"), ann["caption"].strip()
+            if not captions.get(key):  # the first non-blank caption wins
+                captions[key] = text
     entries = []
     for n, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or not isinstance(img.get("file_name"), str):
-            entries.append(Entry(f"images[{n}]", None, None, f"images[{n}]: needs 'file_name'"))
+        where = f"images[{n}]"
+        if not isinstance(img, dict) or not isinstance(img.get("file_name"), str) or not img["file_name"].strip():
+            entries.append(Entry(where, None, None, f"{where}: needs 'file_name'"))
             continue
-        entries.append(_entry(img["file_name"], folder / img["file_name"], captions.get(img.get("id"))))
-    return entries
+        key = img.get("id")
+        entries.append(_entry(img["file_name"], folder, captions.get(key) if _hashable(key) else None, where, False))
+    return distinct_ids(entries)
+
+
+def _hashable(value: object) -> bool:
+    return isinstance(value, (int, str, float, type(None)))
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 # The built-in sample: (file, caption, background top, background bottom, shapes).

@@ -24,6 +24,7 @@ Masks are (H, W) bool arrays, True on the EDITED region, at the source image's n
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -134,9 +135,11 @@ def _image_size(path: Path) -> tuple[int, int] | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except OSError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # the header only: a decompression bomb is not decoded
+                return im.size[1], im.size[0]
+    except Exception:  # noqa: BLE001 - PIL also raises SyntaxError, DecompressionBombError, ...
         return None
 
 
@@ -151,7 +154,11 @@ def _piebench_entry(key: str, item: object, images: Path) -> EditEntry:
     base = {"target_caption": target, "edit_type": str(item.get("editing_type_id", "")), "blend_words": blend}
     if not path.is_file():
         return EditEntry(key, path, source, f"image file not found: {path}", **base)
+    if not source.strip() or not target.strip():
+        return EditEntry(key, path, source, f"{MAPPING_FILE} entry {key}: empty original_prompt or editing_prompt", **base)
     size = _image_size(path)
+    if size is None:
+        return EditEntry(key, path, source, f"cannot read PIE-Bench image {path}", **base)
     if size != PIEBENCH_SIZE:
         problem = f"PIE-Bench image {path.name} is {size}, its mask is {PIEBENCH_SIZE}"
         return EditEntry(key, path, source, problem, **base)
