@@ -33,6 +33,8 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = ("model", "schedule", "inverter", "dataset", "metrics", "logger", "task", "experiment")
 TASKS = ("reconstruct", "edit", "exact", "interpolate")
 META_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
+# Launchers that run several jobs at once on one machine and do not pin a GPU per job themselves.
+LOCAL_PARALLEL_LAUNCHERS = ("JoblibLauncher", "submitit_launcher.LocalLauncher")
 log = logging.getLogger("run")
 
 
@@ -103,16 +105,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def model_overrides(device: str | None, dtype: str | None) -> dict[str, str]:
-    """The top-level ``device``/``dtype`` as model-constructor overrides (None: keep the model's)."""
-    out = {}
-    if device is not None:
-        out["device"] = resolve_device(device)
-    if dtype is not None:
-        out["dtype"] = dtype
-    return out
-
-
 def hyperparameters(node: DictConfig) -> dict[str, Any]:
     """A plug-in config's own fields, without Hydra's ``_target_``-style keys."""
     data = OmegaConf.to_container(node, resolve=True)
@@ -130,6 +122,41 @@ def build_schedule(node: DictConfig) -> Any:
     return ScheduleSpec(**hyperparameters(node))
 
 
+def run_task(settings: Any, node: DictConfig, adapter: Any, inverter: Any, dataset: Any, **common: Any) -> Any:
+    """``task=edit|exact|interpolate``: the loops of :mod:`eval.edit_harness` with the task's options."""
+    from eval import edit_harness
+
+    options = hyperparameters(node)
+    if settings.task == "edit":
+        from eval.world_data import world_dir
+        from eval.metrics.clip_score import CLIPScore
+
+        clip = dict(options.get("clip") or {})
+        if clip.get("weights") == "auto":
+            clip["weights"] = str(world_dir() / "clip")
+        edit_settings = edit_harness.EditSettings(
+            options.get("editor", "prompt_swap"), options.get("edit_guidance_scale"),
+            options.get("negative_prompt", ""), dict(options.get("p2p") or {}),
+        )
+        return edit_harness.evaluate_edits(
+            adapter, settings.schedule, inverter, settings.inverter, dataset, edit_settings, clip=CLIPScore(**clip),
+            lpips_net=options.get("lpips_net", "alex"), save_images=bool(options.get("save_images", True)),
+            run=settings, **common,
+        )
+    if settings.task == "exact":
+        return edit_harness.evaluate_exact(
+            adapter, settings.schedule, inverter, settings.inverter, dataset,
+            vae_roundtrip=bool(options.get("vae_roundtrip")), run=settings, **common,
+        )
+    if settings.task == "interpolate":
+        return edit_harness.evaluate_interpolation(
+            adapter, settings.schedule, inverter, settings.inverter, dataset,
+            num_points=int(options.get("num_points", 7)), lpips_net=options.get("lpips_net", "alex"),
+            run=settings, **common,
+        )
+    raise ValueError(f"run.py: task.name must be one of {TASKS}, got {settings.task!r}")
+
+
 def _finish(records: Any, run_dir: Path, logger: Any, note: str | None = None) -> None:
     from eval.summary import summarize, write_summary
 
@@ -138,91 +165,126 @@ def _finish(records: Any, run_dir: Path, logger: Any, note: str | None = None) -
         logger.finish(records, run_dir, summarize(records, note))
 
 
-def run_task(task: str, node: DictConfig, adapter: Any, schedule: Any, inverter: Any, inverter_name: str,
-             dataset: Any, warmup: int, **common: Any) -> Any:
-    """``task=edit|exact|interpolate``: the loops of :mod:`eval.edit_harness` with the task's options."""
-    from eval import edit_harness
+def pick_device(device: str | None, model_device: str | None, launcher_target: str, job_num: int | None) -> str:
+    """The device string for this job: the top-level ``device`` (``auto`` resolved) or the
+    model's; under a launcher that runs several jobs at once on one machine without pinning
+    GPUs itself (joblib, submitit's local executor), job ``n`` gets ``cuda:<n mod GPUs>``."""
+    import torch
 
-    options = hyperparameters(node)
-    if task == "edit":
-        from eval.world_data import world_dir
-        from eval.metrics.clip_score import CLIPScore
+    chosen = resolve_device(device) if device is not None else str(model_device or "cpu")
+    local_parallel = any(name in launcher_target for name in LOCAL_PARALLEL_LAUNCHERS)
+    if chosen == "cuda" and local_parallel and job_num is not None and torch.cuda.device_count() > 1:
+        return f"cuda:{job_num % torch.cuda.device_count()}"
+    return chosen
 
-        clip = dict(options.get("clip") or {})
-        if clip.get("weights") == "auto":
-            clip["weights"] = str(world_dir() / "clip")
-        settings = edit_harness.EditSettings(
-            options.get("editor", "prompt_swap"), options.get("edit_guidance_scale"),
-            options.get("negative_prompt", ""), dict(options.get("p2p") or {}),
-        )
-        return edit_harness.evaluate_edits(
-            adapter, schedule, inverter, inverter_name, dataset, settings, clip=CLIPScore(**clip),
-            lpips_net=options.get("lpips_net", "alex"), warmup=warmup,
-            save_images=bool(options.get("save_images", True)), **common,
-        )
-    if task == "exact":
-        return edit_harness.evaluate_exact(
-            adapter, schedule, inverter, inverter_name, dataset, vae_roundtrip=bool(options.get("vae_roundtrip")),
-            **common,
-        )
-    if task == "interpolate":
-        return edit_harness.evaluate_interpolation(
-            adapter, schedule, inverter, inverter_name, dataset, num_points=int(options.get("num_points", 7)),
-            lpips_net=options.get("lpips_net", "alex"), **common,
-        )
-    raise ValueError(f"run.py: task.name must be one of {TASKS}, got {task!r}")
+
+def build_settings(cfg: DictConfig, run_dir: Path, cache_dir: Path | None, device: str) -> Any:
+    """The run's :class:`eval.settings.RunSettings` from the composed config (loads nothing)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from eval.identity import checkpoint_identity
+    from eval.settings import RunSettings
+
+    choices = HydraConfig.get().runtime.choices
+    model_cfg: dict = OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[assignment]
+    metric_cfg: dict = OmegaConf.to_container(cfg.metrics, resolve=True)  # type: ignore[assignment]
+    task_cfg = hyperparameters(cfg.task) if "task" in cfg else {}
+    task = str(task_cfg.pop("name", "reconstruct"))
+    dtype = cfg.dtype if cfg.dtype is not None else model_cfg.get("dtype", "unknown")
+    reconstruct = task == "reconstruct"
+    return RunSettings(
+        schedule=build_schedule(cfg.schedule), inverter=str(choices.get("inverter")),
+        inverter_params=hyperparameters(cfg.inverter), model=choices.get("model"),
+        schedule_name=choices.get("schedule"), checkpoint=checkpoint_identity(model_cfg), task=task,
+        task_params=task_cfg, metrics=tuple(metric_cfg["names"]) if reconstruct else (),
+        metric_options=dict(metric_cfg.get("options") or {}) if reconstruct else {},
+        device=device, dtype=str(dtype), seed=cfg.seed, guidance_scale=cfg.guidance_scale, warmup=cfg.warmup,
+        repeats=cfg.repeats, max_images=cfg.max_images, progress=cfg.progress, out_dir=run_dir,
+        cache_dir=cache_dir, resume=bool(cfg.get("resume", True)), config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def _adapter_factory(cfg: DictConfig, device: str, multirun: bool) -> Any:
+    """A zero-argument builder of the model (called only when a unit is left to compute); in a
+    multirun a model that cannot be built becomes a BrokenAdapter, so the sweep goes on."""
+    from hydra.utils import instantiate
+
+    from eval.harness import BrokenAdapter
+
+    def build() -> Any:
+        overrides: dict[str, str] = {"device": device} if cfg.device is not None or device.startswith("cuda:") else {}
+        if cfg.dtype is not None:
+            overrides["dtype"] = cfg.dtype
+        try:
+            return instantiate(cfg.model, **overrides)
+        except Exception as err:
+            if not multirun:
+                raise
+            log.exception("model %s could not be built; its rows are recorded as failed", cfg.model.get("name"))
+            return BrokenAdapter(str(cfg.model.get("name") or "model"), err)
+
+    return build
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    import signal
+
     import torch
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from hydra.utils import instantiate
 
-    from eval.harness import BrokenAdapter, evaluate
+    from eval.distributed import current_shard, local_device
+    from eval.harness import evaluate
+    from eval.loggers.sweep_summary import sweep_group_of
     from eval.metrics import build_metrics
     from eval.records import RESULTS_FILE, read_records
     from gnri.models.attention import attention_backend
 
     hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    choices = hc.runtime.choices
+    shard = current_shard()
+    run_dir = Path(shard.broadcast(str(Path(hc.runtime.output_dir).resolve())))
+    multirun = hc.mode == RunMode.MULTIRUN
     torch.manual_seed(cfg.seed)
-    try:
-        adapter = instantiate(cfg.model, **model_overrides(cfg.device, cfg.dtype))
-    except Exception as err:
-        if hc.mode != RunMode.MULTIRUN:
-            raise
-        log.exception("model %s could not be built; its rows are recorded as failed", choices.get("model"))
-        adapter = BrokenAdapter(str(choices.get("model")), err)
-    schedule = build_schedule(cfg.schedule)
+    job_num = hc.job.get("num") if multirun else None
+    launcher = str(hc.launcher.get("_target_", "")) if "launcher" in hc else ""
+    device = local_device(pick_device(cfg.device, cfg.model.get("device"), launcher, job_num), shard)
+    cache_dir = None
+    if cfg.get("cache", True):
+        default = (Path(hc.sweep.dir) if multirun else run_dir) / ".cache"
+        cache_dir = Path(cfg.cache_dir).expanduser().resolve() if cfg.get("cache_dir") else default.resolve()
+    settings = build_settings(cfg, run_dir, cache_dir, device)
+    adapter = _adapter_factory(cfg, device, multirun)
     inverter = instantiate(cfg.inverter, _convert_="all")
     dataset = instantiate(cfg.dataset)
     metric_cfg: dict = OmegaConf.to_container(cfg.metrics, resolve=True)  # type: ignore[assignment]
-    metrics = build_metrics(metric_cfg["names"], metric_cfg.get("options"))
-    logger = instantiate(cfg.logger) if cfg.logger and cfg.logger.get("_target_") else None
-    task = cfg.task.name if "task" in cfg else "reconstruct"
-    common: dict[str, Any] = {
-        "model_name": choices.get("model"), "schedule_name": choices.get("schedule"), "seed": cfg.seed,
-        "guidance_scale": cfg.guidance_scale, "max_images": cfg.max_images, "out_dir": run_dir,
-        "inverter_params": hyperparameters(cfg.inverter), "config": OmegaConf.to_container(cfg, resolve=True),
-        "progress": cfg.progress, "on_rows": logger.log_rows if logger is not None else None,
-    }
+    logger = None
+    if shard.is_main and cfg.logger and cfg.logger.get("_target_"):
+        group = {"group": sweep_group_of(hc.sweep.dir)} if multirun and cfg.logger.get("group", "") is None else {}
+        logger = instantiate(cfg.logger, **group)
+    common: dict[str, Any] = {"shard": shard, "on_rows": logger.log_rows if logger is not None else None}
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # a cluster's timeout: finish like Ctrl-C
     try:
         with attention_backend(cfg.get("attention") or "default"):
-            if task == "reconstruct":
+            if settings.task == "reconstruct":
                 records = evaluate(
-                    adapter, schedule, inverter, choices.get("inverter"), dataset, metrics, warmup=cfg.warmup,
-                    repeats=cfg.repeats, **common,
+                    adapter, settings.schedule, inverter, settings.inverter, dataset,
+                    lambda: build_metrics(metric_cfg["names"], metric_cfg.get("options")), settings, **common,
                 )
             else:
-                records = run_task(task, cfg.task, adapter, schedule, inverter, choices.get("inverter"), dataset,
-                                   warmup=cfg.warmup, **common)
+                records = run_task(settings, cfg.task, adapter, inverter, dataset, **common)
     except KeyboardInterrupt:
-        _finish(read_records(run_dir / RESULTS_FILE), run_dir, logger, "Interrupted: finished images only.")
+        if shard.is_main:
+            _finish(read_records(run_dir / RESULTS_FILE), run_dir, logger,
+                    "Interrupted: finished units only; run the same command again to resume.")
         raise
-    _finish(records, run_dir, logger)
+    if shard.is_main:
+        _finish(records, run_dir, logger)
 
 
 if __name__ == "__main__":
@@ -230,4 +292,10 @@ if __name__ == "__main__":
     if error:
         print(error, file=sys.stderr)
         sys.exit(2)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as interrupt:
+        why = f" ({interrupt})" if str(interrupt) else ""
+        print(f"run.py: interrupted{why}; finished units are kept in results.csv: run the same command "
+              "again to resume", file=sys.stderr)
+        sys.exit(130)

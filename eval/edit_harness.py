@@ -57,11 +57,15 @@ from tqdm.auto import tqdm
 
 from eval.data import Entry
 from eval.edit_data import EditEntry, fit_mask
-from eval.harness import BrokenAdapter
+from eval.distributed import Shard
+from eval.harness import BrokenAdapter, is_adapter
+from eval.loop import run_units
 from eval.metrics.base import ImageMetric
 from eval.metrics.masked import MaskedLPIPS, MaskedSSIM, masked_mse, masked_psnr, region_image
 from eval.metrics.psnr import psnr
-from eval.records import RESULTS_FILE, RunInfo, append_rows, new_run_id, provenance, to_frame, write_provenance
+from eval.records import RunInfo, new_run_id, provenance, write_provenance
+from eval.settings import RunSettings, settings_from_kwargs
+from eval.units import Unit, plan_units
 from eval.timing import time_call
 from gnri.core import CountingDenoiser, InversionResult, Tensor, reconstruct
 from gnri.edit.edit import edit_conditioning, prompt_swap
@@ -112,79 +116,94 @@ def _one_line(err: BaseException) -> str:
 
 
 @dataclass
-class _Table:
-    """Rows of one run: the shared columns, the results file and the logger callback."""
+class _Task:
+    """Per-run state of one of these loops: the model is built on first use (so a resumed,
+    finished run loads nothing), a blank-image probe gives steps/device/dtype or a set-up error
+    (every unit fails with it), and :meth:`rows` turns one unit's values into its rows."""
 
-    info: RunInfo
+    settings: RunSettings
+    adapter_source: Any
+    label: str  # the inverter column
     metrics: Mapping[str, bool]
-    out_dir: Path | None
-    on_rows: Callable[[pd.DataFrame], None] | None
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    params: Mapping[str, Any]  # the provenance's inverter_params
+    shard: Shard
+    adapter: Any = None
+    info: RunInfo | None = None
+    error: str | None = None
 
-    def add(self, item: str, caption: str, values: Mapping[str, Value], status: str = "ok", reason: str = "") -> None:
+    def setup(self) -> None:
+        if self.info is not None:
+            return
+        s = self.settings
+        source = self.adapter_source
+        self.adapter = source if is_adapter(source) else source()
+        steps, device, dtype = 0, "unknown", "unknown"
+        try:
+            blank = torch.zeros(1, 3, *self.adapter.image_size())
+            with torch.no_grad():
+                latent = self.adapter.encode_images(blank)
+                steps = self.adapter.grid(s.schedule, tuple(latent.shape)).num_steps
+            device = str(getattr(self.adapter, "device", latent.device))
+            dtype = str(getattr(self.adapter, "dtype", latent.dtype)).removeprefix("torch.")
+        except Exception as err:  # noqa: BLE001 - recorded on every row
+            cause = err.__cause__ or err
+            self.error = f"setup {type(cause).__name__}: {_one_line(cause)}"
+            if isinstance(self.adapter, BrokenAdapter):  # run.py's stand-in for a model that could not be built
+                self.error = _one_line(err)
+        self.info = RunInfo(
+            run_id=s.run_id or new_run_id(), model=s.model or self.adapter.name, schedule=s.schedule_name or s.schedule.kind,
+            inverter=self.label, adapter=self.adapter.name, num_steps=steps, guidance_scale=s.guidance_scale, seed=s.seed,
+            provenance=provenance(device, dtype, self.params, asdict(s.schedule), s.config),
+            checkpoint=s.checkpoint.label if s.checkpoint is not None else "",
+        )
+        if s.out_dir is not None and self.shard.is_main:
+            Path(s.out_dir).mkdir(parents=True, exist_ok=True)
+            write_provenance(Path(s.out_dir), self.info)
+
+    def _fallback(self) -> RunInfo:
+        s = self.settings
+        return RunInfo(
+            run_id=s.run_id or new_run_id(), model=s.model or "unknown", schedule=s.schedule_name or s.schedule.kind,
+            inverter=self.label, adapter="unknown", num_steps=0, guidance_scale=s.guidance_scale, seed=s.seed,
+            provenance=provenance("unknown", "unknown", self.params, asdict(s.schedule), s.config),
+            checkpoint=s.checkpoint.label if s.checkpoint is not None else "",
+        )
+
+    def make_rows(self, unit: Unit, values: Mapping[str, Value], status: str = "ok", reason: str = "") -> list[dict[str, Any]]:
+        info = self.info if self.info is not None else self._fallback()
         rows = []
         for name, higher in self.metrics.items():
-            s, why, value = status, reason, math.nan
+            st, why, value = status, reason, math.nan
             if status == "ok":
                 v = values.get(name, Unavailable("not computed for this item"))
                 if isinstance(v, Unavailable):
-                    s, why = "unavailable", v.reason
+                    st, why = "unavailable", v.reason
                 elif isinstance(v, str):
-                    s, why = "failed", v
+                    st, why = "failed", v
                 else:
                     value = float(v)
-            rows.append(self.info.row(item, caption, name, value, s, why, higher))
-        if self.out_dir is not None:
-            append_rows(self.out_dir / RESULTS_FILE, rows)
-        self.rows.extend(rows)
-        if self.on_rows is not None:
-            try:
-                self.on_rows(to_frame(rows))
-            except Exception:  # noqa: BLE001 - a logger never stops the benchmark
-                log.exception("logger failed on the rows of %s", item)
+            rows.append(info.row(unit.item, unit.caption, name, value, st, why, higher, unit.key))
+        return rows
 
-    def run(self, item: str, caption: str, measure: Callable[[], Mapping[str, Value]]) -> None:
-        """Rows for one item; every exception but KeyboardInterrupt becomes rows."""
+    def rows(self, unit: Unit, measure: Callable[[], Mapping[str, Value]]) -> list[dict[str, Any]]:
+        """Rows for one unit; every exception but KeyboardInterrupt becomes rows."""
         try:
-            self.add(item, caption, measure())
+            self.setup()
+            if self.error is not None:
+                return self.make_rows(unit, {}, "failed", self.error)
+            return self.make_rows(unit, measure())
         except Skip as err:
-            self.add(item, caption, {}, "skipped", str(err))
+            return self.make_rows(unit, {}, "skipped", str(err))
         except Exception as err:  # noqa: BLE001 - a sweep must survive any one item
-            log.exception("item %s failed", item)
-            self.add(item, caption, {}, "failed", f"{type(err).__name__}: {_one_line(err)}")
+            log.exception("item %s failed", unit.item)
+            return self.make_rows(unit, {}, "failed", f"{type(err).__name__}: {_one_line(err)}")
 
-
-def _start(
-    adapter: ModelAdapter, schedule: ScheduleSpec, inverter_label: str, metrics: Mapping[str, bool], *,
-    model_name: str | None, schedule_name: str | None, seed: int, guidance_scale: float, out_dir: str | Path | None,
-    params: Mapping[str, Any] | None, config: Mapping[str, Any] | None, run_id: str | None,
-    on_rows: Callable[[pd.DataFrame], None] | None,
-) -> tuple[_Table, str | None]:
-    """The run's table and a setup error (every item fails with it), from a blank-image probe."""
-    steps, device, dtype, error = 0, "unknown", "unknown", None
-    try:
-        blank = torch.zeros(1, 3, *adapter.image_size())
-        with torch.no_grad():
-            latent = adapter.encode_images(blank)
-            steps = adapter.grid(schedule, tuple(latent.shape)).num_steps
-        device = str(getattr(adapter, "device", latent.device))
-        dtype = str(getattr(adapter, "dtype", latent.dtype)).removeprefix("torch.")
-    except Exception as err:  # noqa: BLE001 - recorded on every row
-        cause = err.__cause__ or err
-        error = f"setup {type(cause).__name__}: {_one_line(cause)}"
-        if isinstance(adapter, BrokenAdapter):  # run.py's stand-in for a model that could not be built
-            error = _one_line(err)
-    info = RunInfo(
-        run_id=run_id or new_run_id(), model=model_name or adapter.name, schedule=schedule_name or schedule.kind,
-        inverter=inverter_label, adapter=adapter.name, num_steps=steps, guidance_scale=guidance_scale, seed=seed,
-        provenance=provenance(device, dtype, params, asdict(schedule), config),
-    )
-    folder = None
-    if out_dir is not None:
-        folder = Path(out_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_provenance(folder, info)
-    return _Table(info, metrics, folder, on_rows), error
+    def run(self, dataset: Sequence[Entry], measure: Callable[[Unit], Mapping[str, Value]], desc: str,
+            on_rows: Callable[[pd.DataFrame], None] | None) -> pd.DataFrame:
+        """Drive the plan (:func:`eval.loop.run_units`: resume, shards, one results.csv)."""
+        units = plan_units(self.settings, dataset)
+        return run_units(self.settings, units, len(self.metrics), lambda u: self.rows(u, lambda: measure(u)),
+                         shard=self.shard, on_rows=on_rows, desc=desc)
 
 
 def _source(adapter: ModelAdapter, entry: Entry) -> Tensor:
@@ -300,18 +319,39 @@ def _edit(adapter: Any, settings: EditSettings, counting: Any, result: Inversion
 
 @dataclass
 class _EditRun:
-    """Per-run state of :func:`evaluate_edits`."""
+    """Per-run state of :func:`evaluate_edits` (the adapter comes from the task, built lazily)."""
 
-    adapter: Any
-    schedule: ScheduleSpec
+    task: _Task
     inverter: Inverter
     settings: EditSettings
     metrics: _Metrics
-    guidance_scale: float
-    seed: int
-    warmup: int
-    image_dir: Path | None
+    save_images: bool
     warmed: bool = False
+
+    @property
+    def adapter(self) -> Any:
+        return self.task.adapter
+
+    @property
+    def schedule(self) -> ScheduleSpec:
+        return self.task.settings.schedule
+
+    @property
+    def guidance_scale(self) -> float:
+        return self.task.settings.guidance_scale
+
+    @property
+    def seed(self) -> int:
+        return self.task.settings.seed
+
+    @property
+    def warmup(self) -> int:
+        return self.task.settings.warmup
+
+    @property
+    def image_dir(self) -> Path | None:
+        out = self.task.settings.out_dir
+        return Path(out) if out is not None and self.save_images else None
 
     def measure(self, entry: Entry) -> dict[str, Value]:
         """Every metric value of one edit pair (a str value is that metric's failure reason)."""
@@ -369,8 +409,16 @@ class _EditRun:
         return values
 
 
+def _run_settings(run: RunSettings | None, schedule: ScheduleSpec, inverter_name: str, task: str,
+                  task_params: Mapping[str, Any], fields: Mapping[str, Any]) -> RunSettings:
+    """The given RunSettings, or one built from the legacy keyword fields, for ``task``."""
+    if run is None:
+        run = settings_from_kwargs(schedule, inverter_name, **fields)
+    return run.with_(task=task, task_params={**dict(task_params), **dict(run.task_params)})
+
+
 def evaluate_edits(
-    adapter: ModelAdapter,
+    adapter: Any,
     schedule: ScheduleSpec,
     inverter: Inverter,
     inverter_name: str,
@@ -380,52 +428,39 @@ def evaluate_edits(
     clip: ImageMetric | None = None,
     lpips_net: str = "alex",
     lpips_cache: str | None = None,
-    model_name: str | None = None,
-    schedule_name: str | None = None,
-    seed: int = 0,
-    guidance_scale: float = 1.0,
-    warmup: int = 1,
     save_images: bool = True,
-    max_images: int | None = None,
-    out_dir: str | Path | None = None,
-    inverter_params: Mapping[str, Any] | None = None,
-    config: Mapping[str, Any] | None = None,
-    run_id: str | None = None,
-    progress: bool = True,
+    run: RunSettings | None = None,
+    shard: Shard | None = None,
     on_rows: Callable[[pd.DataFrame], None] | None = None,
+    **fields: Any,
 ) -> pd.DataFrame:
     """Invert each edit pair's source, edit it, and score it; the tidy table (:data:`EDIT_METRICS`).
 
-    ``warmup`` untimed inversions + edits precede the first timed pair; with ``out_dir`` and
-    ``save_images`` each pair's source, reconstruction and edit are kept as PNGs there.
+    ``adapter`` may be a zero-argument factory (built only when a pair is left to compute);
+    ``run`` is the :class:`~eval.settings.RunSettings` (or ``fields`` its legacy keywords:
+    ``model_name``, ``out_dir``, ``warmup``, ...). ``warmup`` untimed inversions + edits precede
+    the first timed pair; with ``out_dir`` and ``save_images`` each pair's source,
+    reconstruction and edit are kept as PNGs there.
     """
     from eval.metrics.lpips_metric import LPIPS
 
     settings = settings or EditSettings()
-    params = {**dict(inverter_params or {}), "editor": settings.editor, "edit_guidance_scale": settings.guidance_scale,
-              "negative_prompt": settings.negative_prompt}
+    options = {"editor": settings.editor, "edit_guidance_scale": settings.guidance_scale,
+               "negative_prompt": settings.negative_prompt, "lpips_net": lpips_net}
     if settings.editor == "p2p":
-        params["p2p"] = settings.p2p
-    table, error = _start(
-        adapter, schedule, f"{inverter_name}+{settings.editor}", EDIT_METRICS, model_name=model_name,
-        schedule_name=schedule_name, seed=seed, guidance_scale=guidance_scale, out_dir=out_dir, params=params,
-        config=config, run_id=run_id, on_rows=on_rows,
-    )
+        options["p2p"] = settings.p2p
+    run_settings = _run_settings(run, schedule, inverter_name, "edit", options, fields)
+    params = {**dict(run_settings.inverter_params), **{k: v for k, v in options.items() if k != "lpips_net"}}
+    task = _Task(run_settings, adapter, f"{run_settings.inverter}+{settings.editor}", EDIT_METRICS, params,
+                 shard or Shard())
     metrics = _Metrics(LPIPS(net=lpips_net, cache_dir=lpips_cache), MaskedLPIPS(lpips_net, lpips_cache), clip)
-    run = _EditRun(adapter, schedule, inverter, settings, metrics, guidance_scale, seed, warmup,
-                   table.out_dir if save_images else None)
-    entries = list(dataset)[:max_images] if max_images is not None else list(dataset)
-    for entry in tqdm(entries, desc=f"edit {table.info.inverter}", disable=not progress, unit="pair"):
-        caption = f"{entry.caption or ''} -> {getattr(entry, 'target_caption', '') or ''}"
-        if error is not None:
-            table.add(entry.image_id, caption, {}, "failed", error)
-            continue
-        table.run(entry.image_id, caption, lambda e=entry: run.measure(e))
-    return to_frame(table.rows)
+    edit_run = _EditRun(task, inverter, settings, metrics, save_images)
+    return task.run(dataset, lambda u: edit_run.measure(u.entries[0]), f"edit {task.label}", on_rows)
 
 
-def _measure_interp(adapter: Any, schedule: ScheduleSpec, inverter: Inverter, a: Entry, b: Entry, lpips: Any,
-                    num_points: int, guidance_scale: float, seed: int) -> dict[str, Value]:
+def _measure_interp(task: _Task, inverter: Inverter, a: Entry, b: Entry, lpips: Any, num_points: int) -> dict[str, Value]:
+    adapter, schedule = task.adapter, task.settings.schedule
+    guidance_scale, seed = task.settings.guidance_scale, task.settings.seed
     torch.manual_seed(seed)
     images = torch.cat([_source(adapter, a), _source(adapter, b)])
     with torch.no_grad():
@@ -454,7 +489,7 @@ def _measure_interp(adapter: Any, schedule: ScheduleSpec, inverter: Inverter, a:
 
 
 def evaluate_interpolation(
-    adapter: ModelAdapter,
+    adapter: Any,
     schedule: ScheduleSpec,
     inverter: Inverter,
     inverter_name: str,
@@ -463,85 +498,53 @@ def evaluate_interpolation(
     num_points: int = 7,
     lpips_net: str = "alex",
     lpips_cache: str | None = None,
-    model_name: str | None = None,
-    schedule_name: str | None = None,
-    seed: int = 0,
-    guidance_scale: float = 1.0,
-    max_images: int | None = None,
-    out_dir: str | Path | None = None,
-    inverter_params: Mapping[str, Any] | None = None,
-    config: Mapping[str, Any] | None = None,
-    run_id: str | None = None,
-    progress: bool = True,
+    run: RunSettings | None = None,
+    shard: Shard | None = None,
     on_rows: Callable[[pd.DataFrame], None] | None = None,
+    **fields: Any,
 ) -> pd.DataFrame:
     """Slerp paths between consecutive pairs of entries (``max_images`` entries at most); :data:`INTERP_METRICS`."""
     from eval.metrics.lpips_metric import LPIPS
 
-    params = {**dict(inverter_params or {}), "num_points": num_points}
-    table, error = _start(
-        adapter, schedule, inverter_name, INTERP_METRICS, model_name=model_name, schedule_name=schedule_name,
-        seed=seed, guidance_scale=guidance_scale, out_dir=out_dir, params=params, config=config, run_id=run_id,
-        on_rows=on_rows,
-    )
+    run_settings = _run_settings(run, schedule, inverter_name, "interpolate",
+                                 {"num_points": num_points, "lpips_net": lpips_net}, fields)
+    params = {**dict(run_settings.inverter_params), "num_points": num_points}
+    task = _Task(run_settings, adapter, run_settings.inverter, INTERP_METRICS, params, shard or Shard())
     lpips = LPIPS(net=lpips_net, cache_dir=lpips_cache)
-    entries = list(dataset)[:max_images] if max_images is not None else list(dataset)
-    pairs = list(zip(entries[0::2], entries[1::2]))
-    for a, b in tqdm(pairs, desc=f"interpolate {inverter_name}", disable=not progress, unit="pair"):
-        item, caption = f"{a.image_id}|{b.image_id}", f"{a.caption or ''} -> {b.caption or ''}"
-        if error is not None:
-            table.add(item, caption, {}, "failed", error)
-            continue
-        table.run(item, caption, lambda a=a, b=b: _measure_interp(
-            adapter, schedule, inverter, a, b, lpips, num_points, guidance_scale, seed))
-    return to_frame(table.rows)
+    return task.run(dataset, lambda u: _measure_interp(task, inverter, u.entries[0], u.entries[1], lpips, num_points),
+                    f"interpolate {run_settings.inverter}", on_rows)
 
 
 def evaluate_exact(
-    adapter: ModelAdapter,
+    adapter: Any,
     schedule: ScheduleSpec,
     inverter: Inverter,
     inverter_name: str,
     dataset: Sequence[Entry],
     *,
     vae_roundtrip: bool = False,
-    model_name: str | None = None,
-    schedule_name: str | None = None,
-    seed: int = 0,
-    guidance_scale: float = 1.0,
-    max_images: int | None = None,
-    out_dir: str | Path | None = None,
-    inverter_params: Mapping[str, Any] | None = None,
-    config: Mapping[str, Any] | None = None,
-    run_id: str | None = None,
-    progress: bool = True,
+    run: RunSettings | None = None,
+    shard: Shard | None = None,
     on_rows: Callable[[pd.DataFrame], None] | None = None,
+    **fields: Any,
 ) -> pd.DataFrame:
     """The exact track per dataset caption (images are not used); :data:`EXACT_METRICS`."""
     from eval.exact_track import run_exact_track
 
-    params = {**dict(inverter_params or {}), "vae_roundtrip": vae_roundtrip}
-    table, error = _start(
-        adapter, schedule, inverter_name, EXACT_METRICS, model_name=model_name, schedule_name=schedule_name,
-        seed=seed, guidance_scale=guidance_scale, out_dir=out_dir, params=params, config=config, run_id=run_id,
-        on_rows=on_rows,
-    )
-    entries = list(dataset)[:max_images] if max_images is not None else list(dataset)
+    run_settings = _run_settings(run, schedule, inverter_name, "exact", {"vae_roundtrip": vae_roundtrip}, fields)
+    params = {**dict(run_settings.inverter_params), "vae_roundtrip": vae_roundtrip}
+    task = _Task(run_settings, adapter, run_settings.inverter, EXACT_METRICS, params, shard or Shard())
 
-    def measure(index: int, entry: Entry) -> dict[str, Value]:
+    def measure(unit: Unit) -> dict[str, Value]:
+        entry = unit.entries[0]
         if not entry.caption:
             raise Skip(entry.problem or f"missing caption for {entry.image_id}")
+        s = task.settings
         try:
-            out = run_exact_track(adapter, inverter, schedule, [entry.caption], seed + index, guidance_scale,
-                                  vae_roundtrip)
+            out = run_exact_track(task.adapter, inverter, s.schedule, [entry.caption], s.seed + unit.index,
+                                  s.guidance_scale, vae_roundtrip)
         except ValueError as err:
             raise Skip(f"does not apply: {_one_line(err)}") from None
         return {name: float(v[0].item()) for name, v in out.values().items()}
 
-    for index, entry in enumerate(tqdm(entries, desc=f"exact {inverter_name}", disable=not progress, unit="img")):
-        if error is not None:
-            table.add(entry.image_id, entry.caption or "", {}, "failed", error)
-            continue
-        table.run(entry.image_id, entry.caption or "", lambda i=index, e=entry: measure(i, e))
-    return to_frame(table.rows)
-
+    return task.run(dataset, measure, f"exact {run_settings.inverter}", on_rows)

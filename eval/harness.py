@@ -1,10 +1,16 @@
-"""The benchmark loop: one model x schedule x inverter over a dataset -> the tidy table.
+"""The reconstruction loop: one model x schedule x inverter over a dataset -> the tidy table.
 
-Plain arguments only (no Hydra). Per image, batch size 1, in this order:
+Plain arguments only (no Hydra): the adapter (or a factory that builds it), the inverter, the
+dataset and the metrics (or a factory), with one :class:`~eval.settings.RunSettings`. The run is
+a plan of units, one per image (:mod:`eval.units`), driven by :func:`eval.loop.run_units`:
+finished units found in ``results.csv`` are skipped (resume by content key), the rest are
+split across data-parallel ranks, and the model and metrics are built only when a unit is left
+to compute. Per image, batch size 1, in this order:
 
 1. load and fit the image (:mod:`eval.data`: RGB [0, 1], cover-resize + center-crop to the
    adapter's ``image_size()``), encode it and the caption, build the grid (untimed);
-   decode(encode(x)) gives the VAE ceiling;
+   decode(encode(x)) gives the VAE ceiling. Pixels, latent, ceiling and prompt embeddings come
+   from the shared content-keyed cache (:mod:`eval.cache`) when a job of the sweep made them;
 2. warm-up: before the first timed image, ``warmup`` untimed inversions + reconstructions;
 3. invert (timed; median of ``repeats``; peak memory; NFE of one inversion counted by
    :class:`gnri.core.CountingDenoiser`) under ``torch.no_grad()`` (an inverter that needs
@@ -14,10 +20,9 @@ Plain arguments only (no Hydra). Per image, batch size 1, in this order:
    Gaussian the inverted latent is, and (with ``out_dir``) the source and reconstruction PNGs.
 
 Failures never stop the sweep: they become rows (see :mod:`eval.records` for statuses). An
-inverter raising ValueError (it does not apply here) gives ``skipped``; any other exception or
-a non-finite latent gives ``failed``. Rows are appended to ``<out_dir>/results.csv`` as each
-image finishes, so an interrupted sweep (KeyboardInterrupt, re-raised) keeps finished images.
-A model that could not be built is passed as :class:`BrokenAdapter`: every image fails with why.
+inverter raising ValueError (it does not apply here) gives ``skipped``; any other exception, a
+non-finite latent or a non-finite decoded image gives ``failed``. A model that could not be
+built is passed as :class:`BrokenAdapter`: every image fails with why.
 """
 
 from __future__ import annotations
@@ -25,32 +30,27 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from eval.cache import TensorCache, conditioning_from_tensors, conditioning_to_tensors
 from eval.data import Entry
+from eval.distributed import Shard
+from eval.loop import run_units
 from eval.metrics.base import ImageMetric
 from eval.metrics.gaussianity import LatentGaussianity
 from eval.metrics.latent import latent_rmse
 from eval.metrics.psnr import psnr
-from eval.records import (
-    GAUSSIANITY_ROWS,
-    HARNESS_METRICS,
-    RESULTS_FILE,
-    RunInfo,
-    append_rows,
-    new_run_id,
-    provenance,
-    to_frame,
-    write_provenance,
-)
+from eval.records import GAUSSIANITY_ROWS, HARNESS_METRICS, RunInfo, new_run_id, provenance, write_provenance
 from eval.report.plots import save_run_images
+from eval.settings import RunSettings, settings_from_kwargs
 from eval.timing import PeakMemory, time_call
+from eval.units import Unit, plan_units
 from gnri.core import (
     Conditioning,
     CountingDenoiser,
@@ -66,6 +66,8 @@ from gnri.models.base import ModelAdapter, ScheduleSpec
 log = logging.getLogger(__name__)
 # An inverter with its hyperparameters bound: (denoiser, x0, grid, cond) -> InversionResult.
 Inverter = Callable[..., InversionResult]
+AdapterSource = ModelAdapter | Callable[[], ModelAdapter]
+MetricsSource = Sequence[ImageMetric] | Callable[[], Sequence[ImageMetric]]
 
 
 class _Skip(Exception):
@@ -82,27 +84,9 @@ class _Image:
 
     pixels: Tensor
     latent: Tensor
-    ceiling: Tensor
+    ceiling_psnr: float
     cond: Conditioning
     grid: Grid
-
-
-@dataclass
-class _Run:
-    """Per-run state shared across images."""
-
-    adapter: ModelAdapter
-    schedule: ScheduleSpec
-    inverter: Inverter
-    metrics: Sequence[ImageMetric]
-    guidance_scale: float
-    seed: int
-    warmup: int
-    repeats: int
-    warmed: bool = False
-    denoiser: Any = None
-    unavailable: dict[str, str] = field(default_factory=dict)
-    image_dir: Path | None = None  # where source/reconstruction PNGs go (the run folder)
 
 
 @dataclass
@@ -123,66 +107,107 @@ class BrokenAdapter:
         raise AttributeError(f"BrokenAdapter {self.name} has no {attr}")
 
 
+def is_adapter(obj: Any) -> bool:
+    """An adapter (or BrokenAdapter) rather than a factory that builds one."""
+    return isinstance(obj, BrokenAdapter) or (hasattr(obj, "denoiser") and hasattr(obj, "image_size"))
+
+
+def cache_fields(settings: RunSettings, adapter: Any) -> dict[str, Any]:
+    """What identifies the model's method-free work (encoding, prompts) in the shared cache."""
+    checkpoint = settings.checkpoint.identity if settings.checkpoint is not None else {"adapter": adapter.name}
+    return {"checkpoint": checkpoint, "device": str(getattr(adapter, "device", "cpu")),
+            "dtype": str(getattr(adapter, "dtype", "unknown"))}
+
+
+@dataclass
+class _Run:
+    """Per-run state shared across images; the model and metrics are built on first use."""
+
+    settings: RunSettings
+    adapter_source: AdapterSource
+    inverter: Inverter
+    metrics_source: MetricsSource
+    cache: TensorCache
+    shard: Shard
+    stages: dict[str, float] = field(default_factory=lambda: {"setup_s": 0.0, "prepare_s": 0.0})
+    adapter: Any = None
+    metrics: Sequence[ImageMetric] = ()
+    info: RunInfo | None = None
+    setup_error: tuple[str, str] | None = None
+    warmed: bool = False
+    denoiser: Any = None
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def metric_names(self) -> list[str]:
+        if self.settings.metrics:
+            return list(self.settings.metrics)
+        return [m.name for m in self.metrics_source]  # type: ignore[union-attr]
+
+    @property
+    def expected_rows(self) -> int:
+        return len(self.metric_names) + len(HARNESS_METRICS)
+
+    def setup(self) -> RunInfo:
+        """Build the model and metrics (once), probe steps/device/dtype, write provenance."""
+        if self.info is not None:
+            return self.info
+        start = time.perf_counter()
+        source = self.adapter_source
+        self.adapter = source if is_adapter(source) else source()  # type: ignore[operator]
+        source_metrics = self.metrics_source
+        self.metrics = list(source_metrics if not callable(source_metrics) else source_metrics())
+        built = [m.name for m in self.metrics]
+        if self.settings.metrics and built != list(self.settings.metrics):
+            raise ValueError(f"metrics built {built} differ from the settings' {list(self.settings.metrics)}")
+        self.unavailable = _unavailable(self.metrics)
+        num_steps, device, dtype, self.setup_error = _probe(self)
+        s = self.settings
+        checkpoint = s.checkpoint.label if s.checkpoint is not None else getattr(self.adapter, "name", "")
+        self.info = RunInfo(
+            run_id=s.run_id or new_run_id(), model=s.model or self.adapter.name, checkpoint=checkpoint,
+            schedule=s.schedule_name or s.schedule.kind, inverter=s.inverter, adapter=self.adapter.name,
+            num_steps=num_steps, guidance_scale=s.guidance_scale, seed=s.seed,
+            provenance=provenance(device, dtype, s.inverter_params, asdict(s.schedule), s.config),
+        )
+        if s.out_dir is not None and self.shard.is_main:
+            Path(s.out_dir).mkdir(parents=True, exist_ok=True)
+            write_provenance(Path(s.out_dir), self.info)
+        self.stages["setup_s"] += time.perf_counter() - start
+        return self.info
+
+
 def evaluate(
-    adapter: ModelAdapter,
+    adapter: AdapterSource,
     schedule: ScheduleSpec,
     inverter: Inverter,
     inverter_name: str,
     dataset: Sequence[Entry],
-    metrics: Sequence[ImageMetric],
+    metrics: MetricsSource,
+    settings: RunSettings | None = None,
     *,
-    model_name: str | None = None,
-    schedule_name: str | None = None,
-    seed: int = 0,
-    guidance_scale: float = 1.0,
-    warmup: int = 1,
-    repeats: int = 1,
-    max_images: int | None = None,
-    out_dir: str | Path | None = None,
-    inverter_params: Mapping[str, Any] | None = None,
-    config: Mapping[str, Any] | None = None,
-    run_id: str | None = None,
-    progress: bool = True,
+    shard: Shard | None = None,
     on_rows: Callable[[pd.DataFrame], None] | None = None,
+    **fields: Any,
 ) -> pd.DataFrame:
     """Run ``inverter`` on every dataset entry; return the tidy table (:data:`eval.records.COLUMNS`).
 
-    ``inverter`` is called as ``inverter(denoiser, x0, grid, cond)``. ``model_name`` and
-    ``schedule_name`` default to ``adapter.name`` and ``schedule.kind``. ``on_rows`` receives
-    each image's rows as they finish (a logger). With ``out_dir``, rows are appended to
-    ``results.csv`` there and ``provenance.json`` is written first.
+    ``inverter`` is called as ``inverter(denoiser, x0, grid, cond)``. ``adapter`` and ``metrics``
+    may be zero-argument factories, called only when an image is left to compute. ``settings``
+    carries everything else; without it, ``fields`` are its fields (``model_name``, ``out_dir``,
+    ``seed``, ``warmup``, ... as :func:`eval.settings.settings_from_kwargs` reads them).
+    ``on_rows`` receives each image's rows as they finish (a logger). With ``settings.out_dir``,
+    rows go to ``results.csv`` there as each image finishes, finished images are skipped
+    (``resume``), and ``provenance.json`` and ``timings.json`` are written.
     """
-    if warmup < 0 or repeats < 1:
-        raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {warmup} and {repeats}")
-    run = _Run(adapter, schedule, inverter, metrics, guidance_scale, seed, warmup, repeats)
-    run.unavailable = _unavailable(metrics)
-    run.image_dir = None if out_dir is None else Path(out_dir)
-    entries = list(dataset)[:max_images] if max_images is not None else list(dataset)
-    num_steps, device, dtype, setup_error = _probe(run)
-    info = RunInfo(
-        run_id=run_id or new_run_id(), model=model_name or adapter.name,
-        schedule=schedule_name or schedule.kind, inverter=inverter_name, adapter=adapter.name,
-        num_steps=num_steps, guidance_scale=guidance_scale, seed=seed,
-        provenance=provenance(device, dtype, inverter_params, asdict(schedule), config),
-    )
-    results = None
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_provenance(Path(out_dir), info)
-        results = Path(out_dir) / RESULTS_FILE
-    all_rows: list[dict[str, Any]] = []
-    desc = f"{info.model}/{info.schedule}/{inverter_name}"
-    for entry in tqdm(entries, desc=desc, disable=not progress, unit="img"):
-        rows = _rows_for(run, info, entry, setup_error)
-        if results is not None:
-            append_rows(results, rows)
-        all_rows.extend(rows)
-        if on_rows is not None:
-            try:
-                on_rows(to_frame(rows))
-            except Exception:  # noqa: BLE001 - a logger never stops the benchmark
-                log.exception("logger failed on the rows of %s", entry.image_id)
-    return to_frame(all_rows)
+    settings = settings if settings is not None else settings_from_kwargs(schedule, inverter_name, **fields)
+    shard = shard or Shard()
+    cache = TensorCache(settings.cache_dir)
+    run = _Run(settings, adapter, inverter, metrics, cache, shard)
+    units = plan_units(settings, dataset)
+    desc = f"{settings.model or 'model'}/{settings.schedule_name or settings.schedule.kind}/{settings.inverter}"
+    return run_units(settings, units, run.expected_rows, functools.partial(_rows_for, run), shard=shard,
+                     on_rows=on_rows, desc=desc, stages=run.stages)
 
 
 def _unavailable(metrics: Sequence[ImageMetric]) -> dict[str, str]:
@@ -205,7 +230,7 @@ def _probe(run: _Run) -> tuple[int, str, str, tuple[str, str] | None]:
         blank = torch.zeros(1, 3, *run.adapter.image_size())
         with torch.no_grad():
             latent = run.adapter.encode_images(blank)
-            grid = run.adapter.grid(run.schedule, tuple(latent.shape))
+            grid = run.adapter.grid(run.settings.schedule, tuple(latent.shape))
         run.denoiser = run.adapter.denoiser()
     except _Fail as err:
         return 0, "unknown", "unknown", ("failed", str(err))
@@ -219,14 +244,14 @@ def _probe(run: _Run) -> tuple[int, str, str, tuple[str, str] | None]:
     return grid.num_steps, str(device), str(dtype).removeprefix("torch."), None
 
 
-def _rows_for(
-    run: _Run, info: RunInfo, entry: Entry, setup_error: tuple[str, str] | None
-) -> list[dict[str, Any]]:
-    """All rows of one entry; every exception except KeyboardInterrupt becomes rows."""
+def _rows_for(run: _Run, unit: Unit) -> list[dict[str, Any]]:
+    """All rows of one unit (one image); every exception except KeyboardInterrupt becomes rows."""
+    entry = unit.entries[0]
     status, reason, values = "ok", "", {}
     try:
-        if setup_error is not None:
-            status, reason = setup_error
+        info = run.setup()
+        if run.setup_error is not None:
+            status, reason = run.setup_error
         else:
             values = _measure(run, entry)
     except _Skip as err:
@@ -236,7 +261,8 @@ def _rows_for(
     except Exception as err:  # noqa: BLE001 - a sweep must survive any one image
         log.exception("image %s failed", entry.image_id)
         status, reason = "failed", f"{type(err).__name__}: {_one_line(err)}"
-    names = [m.name for m in run.metrics] + list(HARNESS_METRICS)
+    info = run.info if run.info is not None else _fallback_info(run)
+    names = run.metric_names + list(HARNESS_METRICS)
     better = {m.name: m.higher_is_better for m in run.metrics} | HARNESS_METRICS
     rows = []
     for name in names:
@@ -246,8 +272,20 @@ def _rows_for(
         elif status == "ok" and isinstance(values.get(name), str):
             row_status, row_reason = "failed", values[name]
         value = values.get(name, math.nan) if row_status == "ok" else math.nan
-        rows.append(info.row(entry.image_id, entry.caption, name, value, row_status, row_reason, better[name]))
+        rows.append(info.row(entry.image_id, entry.caption, name, value, row_status, row_reason,
+                             better.get(name, True), unit.key))
     return rows
+
+
+def _fallback_info(run: _Run) -> RunInfo:
+    """Row columns when set-up itself raised (the model or a metric could not be built)."""
+    s = run.settings
+    return RunInfo(
+        run_id=s.run_id or new_run_id(), model=s.model or "unknown",
+        checkpoint=s.checkpoint.label if s.checkpoint is not None else "", schedule=s.schedule_name or s.schedule.kind,
+        inverter=s.inverter, adapter="unknown", num_steps=0, guidance_scale=s.guidance_scale, seed=s.seed,
+        provenance=provenance("unknown", "unknown", s.inverter_params, asdict(s.schedule), s.config),
+    )
 
 
 def _one_line(err: BaseException) -> str:
@@ -256,18 +294,51 @@ def _one_line(err: BaseException) -> str:
 
 
 def _prepare(run: _Run, entry: Entry) -> _Image:
+    """Pixels, latent, VAE ceiling, conditioning (from the cache when present) and the grid."""
     if entry.problem is not None:
         raise _Skip(entry.problem)
-    try:
-        pixels = fit_to_size(load_image(entry.path), run.adapter.image_size())[None]  # type: ignore[arg-type]
-    except (OSError, ValueError) as err:
-        raise _Skip(f"cannot read image {entry.image_id}: {_one_line(err)}") from None
+    start = time.perf_counter()
+    adapter, s = run.adapter, run.settings
+    base = cache_fields(s, adapter)
+    device = getattr(adapter, "device", "cpu")
+    image_key = {**base, "size": list(adapter.image_size()), "image": _file_key(entry)}
+    hit = run.cache.get("image", image_key, device)
+    if hit is not None:
+        tensors, meta = hit
+        pixels, latent, ceiling = tensors["pixels"], tensors["latent"], float(meta["ceiling_psnr"])
+    else:
+        try:
+            pixels = fit_to_size(load_image(entry.path), adapter.image_size())[None]  # type: ignore[arg-type]
+        except (OSError, ValueError) as err:
+            raise _Skip(f"cannot read image {entry.image_id}: {_one_line(err)}") from None
+        with torch.no_grad():
+            latent = adapter.encode_images(pixels)
+            decoded = adapter.decode_latents(latent)
+        pixels = pixels.to(decoded.device)
+        ceiling = psnr(decoded, pixels)[0].item()
+        run.cache.put("image", image_key, {"pixels": pixels, "latent": latent}, {"ceiling_psnr": ceiling})
+    cond = _conditioning(run, base, entry.caption or "", device)
     with torch.no_grad():
-        latent = run.adapter.encode_images(pixels)
-        ceiling = run.adapter.decode_latents(latent)
-        cond = run.adapter.encode_prompts([entry.caption or ""], guidance_scale=run.guidance_scale)
-        grid = run.adapter.grid(run.schedule, tuple(latent.shape))
-    return _Image(pixels.to(ceiling.device), latent, ceiling, cond, grid)
+        grid = adapter.grid(s.schedule, tuple(latent.shape))
+    run.stages["prepare_s"] += time.perf_counter() - start
+    return _Image(pixels, latent, ceiling, cond, grid)
+
+
+def _file_key(entry: Entry) -> str:
+    from eval.settings import file_digest
+
+    return file_digest(entry.path)
+
+
+def _conditioning(run: _Run, base: dict[str, Any], caption: str, device: Any) -> Conditioning:
+    key = {**base, "caption": caption, "guidance_scale": float(run.settings.guidance_scale)}
+    hit = run.cache.get("prompt", key, device)
+    if hit is not None:
+        return conditioning_from_tensors(*hit)
+    with torch.no_grad():
+        cond = run.adapter.encode_prompts([caption], guidance_scale=run.settings.guidance_scale)
+    run.cache.put("prompt", key, *conditioning_to_tensors(cond))
+    return cond
 
 
 def _invert(run: _Run, denoiser: Any, img: _Image) -> InversionResult:
@@ -280,13 +351,13 @@ def _invert(run: _Run, denoiser: Any, img: _Image) -> InversionResult:
 
 def _measure(run: _Run, entry: Entry) -> dict[str, float | str]:
     """Every metric value of one image (a str value is that metric's failure reason)."""
-    torch.manual_seed(run.seed)
+    torch.manual_seed(run.settings.seed)
     img = _prepare(run, entry)
     device = img.latent.device
     counting = CountingDenoiser(run.denoiser)
     recon = functools.partial(_reconstruct, counting, grid=img.grid, cond=img.cond)
     if not run.warmed:
-        for _ in range(run.warmup):
+        for _ in range(run.settings.warmup):
             recon(_invert(run, counting, img))
         run.warmed = True
 
@@ -295,7 +366,7 @@ def _measure(run: _Run, entry: Entry) -> dict[str, float | str]:
         return _invert(run, counting, img)
 
     with PeakMemory(device) as memory:
-        inverted = time_call(invert_once, device, run.repeats)
+        inverted = time_call(invert_once, device, run.settings.repeats)
     result: InversionResult = inverted.value  # type: ignore[assignment]
     nfe_forward, nfe_backward = counting.counter.forward, counting.counter.backward
     _check_finite(result.z, "inversion")
@@ -304,19 +375,19 @@ def _measure(run: _Run, entry: Entry) -> dict[str, float | str]:
         counting.counter.reset()
         return recon(result)
 
-    rebuilt = time_call(reconstruct_once, device, run.repeats)
+    rebuilt = time_call(reconstruct_once, device, run.settings.repeats)
     z_rec: Tensor = rebuilt.value  # type: ignore[assignment]
     _check_finite(z_rec, "reconstruction")
     with torch.no_grad():
         residuals = step_residuals(run.denoiser, result, img.grid, img.cond)[:, 0]
         decoded = run.adapter.decode_latents(z_rec)
-    if run.image_dir is not None:
-        save_run_images(run.image_dir, entry.image_id, img.pixels, decoded)
-    ceiling = psnr(img.ceiling, img.pixels)[0].item()
+    _check_finite(decoded, "decoding")
+    if run.settings.out_dir is not None:
+        save_run_images(Path(run.settings.out_dir), entry.image_id, img.pixels, decoded)
     normality = LatentGaussianity()(result.z)
     values: dict[str, float | str] = {
-        "psnr_vae_ceiling": ceiling,
-        "psnr_gap_to_vae": ceiling - psnr(decoded, img.pixels)[0].item(),
+        "psnr_vae_ceiling": img.ceiling_psnr,
+        "psnr_gap_to_vae": img.ceiling_psnr - psnr(decoded, img.pixels)[0].item(),
         "latent_rmse": latent_rmse(z_rec, img.latent)[0].item(),
         "residual_rms_mean": residuals.mean().item(),
         "residual_rms_max": residuals.max().item(),
@@ -339,7 +410,7 @@ def _reconstruct(denoiser: Any, result: InversionResult, grid: Grid, cond: Condi
 
 def _check_finite(z: Tensor, stage: str) -> None:
     if not bool(torch.isfinite(z).all()):
-        raise _Fail(f"diverged: non-finite latent after {stage}")
+        raise _Fail(f"diverged: non-finite {'image' if stage == 'decoding' else 'latent'} after {stage}")
 
 
 def _image_metrics(

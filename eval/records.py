@@ -6,10 +6,16 @@ Tables, plots and W&B logs are all derived from it.
 
 Columns (:data:`COLUMNS`, in this order):
 
-- ``run_id``: one harness call (one Hydra job); ``model``, ``schedule``, ``inverter``: the
-  config names (``conf/<group>/<name>.yaml``); ``adapter``: the adapter's own ``name``;
+- ``run_id``: one harness call (one Hydra job; a resumed job adds rows under a new id);
+  ``unit_key``: the content key of the unit of work the row belongs to
+  (:func:`eval.settings.unit_key`: checkpoint identity, schedule, inverter and hyperparameters,
+  task, metric set, seed, guidance, the item's index, image hash and caption); ``model``,
+  ``schedule``, ``inverter``: the config names (``conf/<group>/<name>.yaml``); ``checkpoint``:
+  what was loaded (:mod:`eval.identity`: hub id@revision, folder@content hash, or ``(code)``);
+  ``adapter``: the adapter's own ``name``;
 - ``image``: the dataset entry id (path relative to the dataset folder, or COCO file_name);
-  ``caption``: the prompt used for inversion and reconstruction;
+  ``caption``: the prompt used for inversion and reconstruction (line breaks become spaces:
+  a row is one line, so a torn last line is always detectable);
 - ``metric``, ``value`` (float; NaN unless status is ok), ``status`` (:data:`STATUSES`),
   ``reason`` (empty when ok), ``higher_is_better`` (bool);
 - run settings: ``num_steps`` (grid steps actually inverted, after ``strength``),
@@ -48,6 +54,7 @@ Loggers (``conf/logger/*.yaml``, built by run.py) satisfy :class:`RunLogger`.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
@@ -66,8 +73,8 @@ PROVENANCE_COLUMNS = (
     "inverter_params", "schedule_params", "config",
 )
 COLUMNS = (
-    "run_id", "model", "schedule", "inverter", "adapter", "image", "caption", "metric", "value",
-    "status", "reason", "higher_is_better", "num_steps", "guidance_scale", "seed",
+    "run_id", "unit_key", "model", "checkpoint", "schedule", "inverter", "adapter", "image", "caption", "metric",
+    "value", "status", "reason", "higher_is_better", "num_steps", "guidance_scale", "seed",
     *PROVENANCE_COLUMNS,
 )
 # name -> higher_is_better, for the metrics the harness computes itself (documented above).
@@ -170,22 +177,28 @@ class RunInfo:
     guidance_scale: float
     seed: int
     provenance: dict[str, str] = field(default_factory=dict)
+    checkpoint: str = ""  # what was loaded (eval.identity label); empty: unknown
 
     def row(
         self, image: str, caption: str | None, metric: str, value: float, status: str,
-        reason: str, higher_is_better: bool,
+        reason: str, higher_is_better: bool, unit_key: str = "",
     ) -> dict[str, Any]:
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         return {
-            "run_id": self.run_id, "model": self.model, "schedule": self.schedule,
-            "inverter": self.inverter, "adapter": self.adapter, "image": image,
-            "caption": caption or "", "metric": metric,
+            "run_id": self.run_id, "unit_key": unit_key, "model": self.model, "checkpoint": self.checkpoint,
+            "schedule": self.schedule, "inverter": self.inverter, "adapter": self.adapter, "image": image,
+            "caption": one_line(caption or ""), "metric": metric,
             "value": float(value) if status == "ok" else math.nan, "status": status,
-            "reason": reason, "higher_is_better": bool(higher_is_better),
+            "reason": one_line(reason), "higher_is_better": bool(higher_is_better),
             "num_steps": self.num_steps, "guidance_scale": self.guidance_scale, "seed": self.seed,
             **{k: self.provenance.get(k, "") for k in PROVENANCE_COLUMNS},
         }
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break (and run of whitespace around it) made one space."""
+    return " ".join(text.split()) if ("\n" in text or "\r" in text) else text
 
 
 def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -200,11 +213,24 @@ def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_records(path: str | Path) -> pd.DataFrame:
-    """Load a ``results.csv`` (or an empty table if it has no rows yet); text stays text."""
+    """Load a ``results.csv`` (or an empty table if it has no rows yet); text stays text.
+
+    A last line without its line break (a write cut short by a kill) is dropped, never parsed:
+    rows never contain line breaks (:func:`one_line`), so only a torn line lacks one. Columns
+    this version added (``unit_key``, ``checkpoint``) are empty in older files.
+    """
     file = Path(path)
     if not file.exists() or file.stat().st_size == 0:
         return to_frame([])
-    df = pd.read_csv(file, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+    text = file.read_bytes().decode("utf-8", errors="replace")
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    if text.count("\n") < 2:  # a header alone, or nothing whole
+        return to_frame([])
+    df = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+    for column in ("unit_key", "checkpoint"):
+        if column not in df.columns:
+            df[column] = ""
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
     df["higher_is_better"] = df["higher_is_better"].astype(str).str.lower().eq("true")
     return df
@@ -213,7 +239,7 @@ def read_records(path: str | Path) -> pd.DataFrame:
 def write_provenance(run_dir: Path, info: RunInfo) -> Path:
     """Write the run's identity and provenance as ``provenance.json``; returns its path."""
     data = {
-        "run_id": info.run_id, "model": info.model, "schedule": info.schedule,
+        "run_id": info.run_id, "model": info.model, "checkpoint": info.checkpoint, "schedule": info.schedule,
         "inverter": info.inverter, "adapter": info.adapter, "num_steps": info.num_steps,
         "guidance_scale": info.guidance_scale, "seed": info.seed, **info.provenance,
     }

@@ -82,3 +82,11 @@ def world_adapter(model: str = "sd", folder: str | Path | None = None, **options
             f"model.folder: {str(path)!r} holds no diffusers pipeline (train it: python -m scripts.world.train_all)"
         )
     return load_adapter(model, str(path), **options)
+
+
+def world_weights(model: str = "sd", folder: str | Path | None = None, **_: object) -> Path:
+    """The folder :func:`world_adapter` loads for these arguments (for the checkpoint's identity)."""
+    return Path(folder) if folder is not None else world_dir() / model
+
+
+world_adapter.weights_location = world_weights  # type: ignore[attr-defined]  # read by eval.identity

@@ -161,9 +161,12 @@ def test_multirun_writes_one_folder_per_job(tmp_path: Path) -> None:
                  "schedule.num_steps=2", "max_images=1", "warmup=0", "progress=false",
                  f"hydra.sweep.dir={sweep}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     expected = len(dict.fromkeys(inverters)) * len(schedules)
     assert len(jobs) == expected
+    assert (sweep / ".cache" / "image").is_dir()  # the shared per-image cache lives in the sweep folder
+    sweep_summary = (sweep / SUMMARY_FILE).read_text()  # the sweep's own summary (eval.loggers.sweep_summary)
+    assert all(f"| {i} |" in sweep_summary for i in dict.fromkeys(inverters))
     seen = set()
     for job in jobs:
         df = read_records(job / RESULTS_FILE)

@@ -2,9 +2,9 @@
 
 Every ``results.csv`` found under the given paths is read with :func:`eval.records.read_records`
 and concatenated (each row keeps its ``run_id``; ``run_dir`` is added). A folder holds one job; a
-job run again into the same folder appends a second run, which supersedes the first: only the
-newest run of each ``results.csv`` is kept (with a warning), so that no image is counted twice
-and no table mixes two runs' weights or code. Means and 95% confidence
+job run again into the same folder resumes it: its rows are keyed by unit (``unit_key``) and
+each unit is counted once, whichever run computed it. Files written before unit keys existed keep
+only their newest run (with a warning), so that no image is counted twice. Means and 95% confidence
 intervals are over images, per model x setting x method (:mod:`eval.report.tables`).
 """
 
@@ -53,7 +53,11 @@ def load_results(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def newest_run_only(records: pd.DataFrame, source: Path) -> pd.DataFrame:
-    """The rows of the newest run (``run_id``s sort by start time) in one ``results.csv``."""
+    """One ``results.csv``'s rows, each unit once: a file with unit keys (written by the
+    resumable store) holds each unit once already, across the runs that resumed it; an older
+    file without them keeps only its newest run (``run_id``s sort by start time)."""
+    if "unit_key" in records.columns and records["unit_key"].astype(str).ne("").all():
+        return records.drop_duplicates(["unit_key", "metric"], keep="last")
     runs = sorted(records["run_id"].astype(str).unique())
     if len(runs) <= 1:
         return records

@@ -1,0 +1,85 @@
+"""The one driver every task's loop runs on: plan -> resume -> shard -> measure -> gather.
+
+:func:`run_units` takes the plan (:func:`eval.units.plan_units`) and a ``measure(unit) -> rows``
+callable (which builds the model lazily, on its first call), and:
+
+1. opens the run folder's store (:class:`eval.store.ResultsStore`): finished units are found by
+   their content key and skipped, and ``resumed K of N units`` is logged;
+2. takes this process's block of the units (:class:`eval.distributed.Shard`);
+3. measures each remaining unit and records its rows at once (a kill loses at most that unit);
+   a logger gets each unit's rows (a logger that fails never stops the run);
+4. waits for every rank; rank 0 writes the one ``results.csv`` in plan order and returns it.
+
+It also writes ``timings.json`` (``timings.rank<r>.json`` per rank): units done and resumed,
+the wall time and the harness's stage totals (model set-up, per-image preparation), which is
+how a sweep's overhead outside inversion is measured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from eval.distributed import Shard
+from eval.records import to_frame
+from eval.settings import RunSettings
+from eval.store import ResultsStore
+from eval.units import Unit
+
+log = logging.getLogger(__name__)
+Rows = list[dict[str, Any]]
+
+
+def run_units(
+    settings: RunSettings,
+    units: Sequence[Unit],
+    rows_per_unit: int,
+    measure: Callable[[Unit], Rows],
+    *,
+    shard: Shard | None = None,
+    on_rows: Callable[[pd.DataFrame], None] | None = None,
+    desc: str = "",
+    stages: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """Measure the plan's unfinished units of this rank; the whole table (rank 0) or this rank's rows.
+
+    ``stages`` is a live mapping of stage name -> seconds the caller accumulates (written to
+    ``timings.json``).
+    """
+    shard = shard or Shard()
+    start = time.perf_counter()
+    store = ResultsStore(settings.out_dir, shard)
+    finished = store.begin(units, rows_per_unit, settings.resume)
+    resumed = sum(u.key in finished for u in units)
+    mine = shard.split(units)
+    todo = [u for u in mine if u.key not in finished]
+    if settings.out_dir is not None:
+        where = f"rank {shard.rank}/{shard.world_size}: " if shard.world_size > 1 else ""
+        log.info("%sresumed %d of %d units; %d to run here", where, resumed, len(units), len(todo))
+    for unit in tqdm(todo, desc=desc, disable=not settings.progress, unit="img"):
+        rows = measure(unit)
+        store.append(rows)
+        if on_rows is not None:
+            try:
+                on_rows(to_frame(rows))
+            except Exception:  # noqa: BLE001 - a logger never stops the benchmark
+                log.exception("logger failed on the rows of %s", unit.item)
+    table = store.finish(units, rows_per_unit)
+    _write_timings(settings.out_dir, shard, {
+        "units": len(units), "resumed": resumed, "computed": len(todo),
+        "wall_s": time.perf_counter() - start, **dict(stages or {}),
+    })
+    return table
+
+
+def _write_timings(out_dir: Path | None, shard: Shard, data: Mapping[str, Any]) -> None:
+    if out_dir is None:
+        return
+    name = "timings.json" if shard.world_size == 1 else f"timings.rank{shard.rank}.json"
+    (Path(out_dir) / name).write_text(json.dumps(dict(data), indent=2) + "\n", encoding="utf-8")
