@@ -226,6 +226,39 @@ def _adapter_factory(cfg: DictConfig, device: str, multirun: bool) -> Any:
     return build
 
 
+def validated_dataset(cfg: DictConfig) -> Any:
+    """Check the inverter's options, the schedule against the model family, the dataset's path
+    and that the task fits the dataset, loading no model; the dataset's entries. A mistake
+    prints one line and exits with status 2 (:mod:`eval.validate`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    from eval import validate
+
+    choices = HydraConfig.get().runtime.choices
+    names = {g: str(choices.get(g)) for g in ("model", "schedule", "inverter", "dataset")}
+    try:
+        validate.check_inverter(names["inverter"], str(cfg.inverter._target_), hyperparameters(cfg.inverter))
+        try:
+            schedule = build_schedule(cfg.schedule)
+        except (ValueError, TypeError) as err:
+            raise validate.ConfigError(f"schedule={names['schedule']}: {err}") from None
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=False)
+        validate.check_schedule(names["model"], model_cfg, names["schedule"], schedule.kind)  # type: ignore[arg-type]
+        validate.check_dataset_config(names["dataset"], cfg.dataset)
+        try:
+            dataset = instantiate(cfg.dataset)
+        except Exception as err:  # noqa: BLE001 - Hydra wraps the loader's own one-line error
+            cause = err.__cause__ or err
+            raise validate.ConfigError(f"dataset={names['dataset']}: {str(cause).strip().splitlines()[0]}") from None
+        task = cfg.task.name if "task" in cfg else "reconstruct"
+        validate.check_task_fits(str(task), names["dataset"], list(dataset))
+    except validate.ConfigError as err:
+        print(f"run.py: {err}", file=sys.stderr)
+        sys.exit(2)
+    return dataset
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -258,10 +291,10 @@ def main(cfg: DictConfig) -> None:
     if cfg.get("cache", True):
         default = (Path(hc.sweep.dir) if multirun else run_dir) / ".cache"
         cache_dir = Path(cfg.cache_dir).expanduser().resolve() if cfg.get("cache_dir") else default.resolve()
+    dataset = validated_dataset(cfg)  # every settings mistake stops here, before any model loads
     settings = build_settings(cfg, run_dir, cache_dir, device)
     adapter = _adapter_factory(cfg, device, multirun)
     inverter = instantiate(cfg.inverter, _convert_="all")
-    dataset = instantiate(cfg.dataset)
     metric_cfg: dict = OmegaConf.to_container(cfg.metrics, resolve=True)  # type: ignore[assignment]
     logger = None
     if shard.is_main and cfg.logger and cfg.logger.get("_target_"):

@@ -1,0 +1,150 @@
+"""Check a run's settings before anything heavy loads: each mistake is one line, not a row per image.
+
+:func:`check_inverter` reads the inverter's own signature: an unknown key, a value of the wrong
+type (from the annotation: int, float, bool, str, ``Literal`` choices, ``X | None``, sequences)
+or out of its range (:data:`RANGES`, by parameter meaning) is a :class:`ConfigError`.
+:func:`check_schedule` refuses a schedule kind the model's family cannot use (read from the model
+config without loading it), :func:`check_dataset_config` a missing or absent ``dataset.path``,
+and :func:`check_task_fits` a task the dataset does not fit (``task=edit`` without edit pairs).
+Per-image problems (a broken file, a divergence) stay rows; these are settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+from gnri.models.schedules import FLOW_KINDS, VP_KINDS
+
+
+class ConfigError(ValueError):
+    """A setting that cannot run; its message is one line naming the option and the value."""
+
+
+# Parameter name -> (lowest, highest, whether the lowest is allowed): what each value means
+# bounds it, the same for every inverter that takes it (None: unbounded on that side).
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    **{name: (1, None, True) for name in (
+        "max_iters", "window", "n_iters", "newton_iters", "krylov_dim", "num_inner_steps", "num_renoise_steps",
+        "plateau_patience", "numel")},
+    **{name: (0, None, True) for name in (
+        "lam", "eta", "tol", "regularization", "early_stop", "warmup_iters", "max_first_step_renoise_steps",
+        "plateau_threshold", "first_step_max_sigma")},
+    **{name: (0, None, False) for name in ("lr", "step_size", "fd_step")},
+    **{name: (0, 1, False) for name in ("damping", "mix_weight", "lr_decay", "plateau_factor")},
+    "interp": (0, 1, True),
+}
+# Model config -> family: the key that names it and what its values mean.
+FAMILY_OF = {"sd": "vp", "sdxl": "vp", "flux": "flow"}
+
+
+def locate(target: str) -> Any:
+    """The object a ``_target_`` string names."""
+    module, _, attr = target.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _type_ok(value: Any, hint: Any) -> tuple[bool, str]:
+    """Whether ``value`` fits the annotation ``hint``, and the hint in words."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return value in args, "one of " + ", ".join(map(repr, args))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        results = [_type_ok(value, a) for a in args]
+        return any(ok for ok, _ in results), " or ".join(words for _, words in results)
+    if hint is type(None):
+        return value is None, "null"
+    if hint is bool:
+        return isinstance(value, bool), "true or false"
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), "an integer"
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    if hint is str:
+        return isinstance(value, str), "a string"
+    if origin in (Sequence, list, tuple, typing.Sequence) or hint in (list, tuple):
+        return isinstance(value, (list, tuple)), "a list"
+    return True, str(hint)
+
+
+def _range_error(name: str, value: Any) -> str | None:
+    if name not in RANGES or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    low, high, low_ok = RANGES[name]
+    if isinstance(value, float) and math.isnan(value):
+        return "must be a number, got nan"
+    if low is not None and (value < low or (value == low and not low_ok)):
+        return f"must be {'>=' if low_ok else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+    if high is not None and value > high:
+        return f"must be <= {high:g}"
+    return None
+
+
+def check_inverter(name: str, target: str, params: Mapping[str, Any]) -> None:
+    """Unknown keys, wrong types and out-of-range values of ``inverter=<name>``'s hyperparameters."""
+    fn: Callable[..., Any] = locate(target)
+    signature = inspect.signature(fn)
+    options = {p.name: p for p in signature.parameters.values() if p.kind == p.KEYWORD_ONLY}
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - an annotation that cannot be resolved is not checked
+        hints = {}
+    for key, value in params.items():
+        if key not in options:
+            valid = ", ".join(options) or "(none)"
+            raise ConfigError(f"inverter={name}: unknown option inverter.{key}; valid: {valid}")
+        ok, words = _type_ok(value, hints.get(key, Any))
+        if not ok:
+            raise ConfigError(f"inverter={name}: inverter.{key}={value!r} must be {words}")
+        problem = _range_error(key, value)
+        if problem:
+            raise ConfigError(f"inverter={name}: inverter.{key}={value!r} {problem}")
+
+
+def model_family(model_cfg: Mapping[str, Any]) -> str | None:
+    """``vp`` or ``flow`` from a model config without loading it (None: cannot tell)."""
+    for key in ("family", "model"):
+        value = model_cfg.get(key)
+        if isinstance(value, str) and value in FAMILY_OF:
+            return FAMILY_OF[value]
+    return None
+
+
+def check_schedule(model_name: str, model_cfg: Mapping[str, Any], schedule_name: str, kind: str) -> None:
+    """A schedule kind the model's family cannot use."""
+    family = model_family(model_cfg)
+    if family is None:
+        return
+    allowed = VP_KINDS if family == "vp" else FLOW_KINDS
+    if kind not in allowed:
+        names = "flow4, flow8" if family == "flow" else "ddim50, ddim10, euler4_trailing, ..."
+        raise ConfigError(f"schedule={schedule_name} (kind {kind}) does not apply to model={model_name} "
+                          f"({family} family); its kinds: {', '.join(allowed)} (e.g. schedule={names})")
+
+
+def check_dataset_config(dataset_name: str, dataset_cfg: Any) -> None:
+    """A required ``dataset.path`` that is missing (``???``) or names nothing on disk."""
+    from omegaconf import OmegaConf
+
+    if "path" not in dataset_cfg.keys():
+        return
+    if OmegaConf.is_missing(dataset_cfg, "path"):
+        raise ConfigError(f"dataset={dataset_name} needs dataset.path=<folder or file> (see conf/dataset/{dataset_name}.yaml)")
+    path = dataset_cfg.get("path")
+    if path is not None and not Path(str(path)).expanduser().exists():
+        raise ConfigError(f"dataset={dataset_name}: dataset.path={path} does not exist")
+
+
+def check_task_fits(task: str, dataset_name: str, entries: Sequence[Any]) -> None:
+    """``task=edit`` needs edit pairs; ``task=interpolate`` two entries; any task one entry."""
+    if not entries:
+        raise ConfigError(f"dataset={dataset_name} has no entries")
+    if task == "edit" and not any(getattr(e, "target_caption", None) for e in entries):
+        raise ConfigError(f"task=edit needs edit pairs, and dataset={dataset_name} has none "
+                          "(dataset=world_edits or dataset=piebench)")
+    if task == "interpolate" and len(entries) < 2:
+        raise ConfigError(f"task=interpolate pairs consecutive entries; dataset={dataset_name} has {len(entries)}")

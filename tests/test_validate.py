@@ -1,0 +1,94 @@
+"""Settings mistakes stop the run with one line before any model loads (eval.validate, run.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from eval import validate
+from eval.data import sample_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _params(node) -> dict:
+    data = OmegaConf.to_container(node, resolve=True)
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "inverter").glob("*.yaml")))
+def test_every_shipped_inverter_config_is_valid(name: str) -> None:
+    cfg = _compose([f"inverter={name}"])
+    validate.check_inverter(name, cfg.inverter._target_, _params(cfg.inverter))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("inverter.max_iters=0", "inverter.max_iters=0 must be >= 1"),
+    ("inverter.lam=-1", "inverter.lam=-1 must be >= 0"),
+    ("inverter.max_iters=abc", "inverter.max_iters='abc' must be an integer"),
+    ("inverter.keep_best=3", "inverter.keep_best=3 must be true or false"),
+    ("+inverter.foo=1", "unknown option inverter.foo; valid: lam, max_iters"),
+])
+def test_bad_inverter_options_are_one_line(override: str, message: str) -> None:
+    cfg = _compose(["inverter=gnri", override])
+    with pytest.raises(validate.ConfigError, match=message.replace("(", r"\(")) as err:
+        validate.check_inverter("gnri", cfg.inverter._target_, _params(cfg.inverter))
+    assert "\n" not in str(err.value)
+
+
+def test_literal_choices_and_fractions() -> None:
+    with pytest.raises(validate.ConfigError, match="one of 'dst', 'src'"):
+        validate.check_inverter("ddim", "baselines.ddim.invert", {"timestep": "middle"})
+    with pytest.raises(validate.ConfigError, match="damping=1.5 must be <= 1"):
+        validate.check_inverter("anderson", "baselines.anderson.invert", {"damping": 1.5})
+    validate.check_inverter("fixed_point", "baselines.fixed_point.invert", {"tol": None, "max_iters": 3})
+
+
+def test_schedule_must_fit_the_model_family() -> None:
+    with pytest.raises(validate.ConfigError, match="schedule=flow4 .* does not apply to model=tiny_sd"):
+        validate.check_schedule("tiny_sd", {"family": "sd"}, "flow4", "flow_euler")
+    with pytest.raises(validate.ConfigError, match="does not apply to model=world_flux"):
+        validate.check_schedule("world_flux", {"model": "flux"}, "ddim10", "ddim")
+    validate.check_schedule("world_sd", {"model": "sd"}, "euler4_trailing", "euler")
+
+
+def test_task_must_fit_the_dataset() -> None:
+    with pytest.raises(validate.ConfigError, match="task=edit needs edit pairs, and dataset=sample has none"):
+        validate.check_task_fits("edit", "sample", sample_dataset())
+    validate.check_task_fits("reconstruct", "sample", sample_dataset())
+
+
+def test_dataset_path_missing_or_absent() -> None:
+    cfg = _compose(["dataset=folder"])
+    with pytest.raises(validate.ConfigError, match="dataset=folder needs dataset.path="):
+        validate.check_dataset_config("folder", cfg.dataset)
+    cfg = _compose(["dataset=folder", "dataset.path=/no/such/folder"])
+    with pytest.raises(validate.ConfigError, match="dataset.path=/no/such/folder does not exist"):
+        validate.check_dataset_config("folder", cfg.dataset)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["inverter=gnri", "inverter.max_iters=0"], "run.py: inverter=gnri: inverter.max_iters=0 must be >= 1"),
+    (["schedule=flow4"], "run.py: schedule=flow4 (kind flow_euler) does not apply to model=sd15"),
+])
+def test_run_py_stops_before_loading_the_model(tmp_path: Path, overrides: list[str], message: str) -> None:
+    # The model points at a folder that does not exist: loading it would fail with another error.
+    proc = subprocess.run(
+        [sys.executable, "run.py", "model=sd15", f"model.pretrained={tmp_path / 'absent'}", *overrides,
+         f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [message + proc.stderr.strip().removeprefix(message)]
+    assert proc.stderr.strip().startswith(message)
+    assert not (tmp_path / "run" / "results.csv").exists()
