@@ -2,7 +2,8 @@
 
 - :func:`edit_tradeoff`: the paper's editing figure (arXiv 2312.12540, Fig. 5): mean CLIP score
   (agreement with the target prompt, up) against mean LPIPS to the source (agreement with the
-  image, left), one point per method with 95% CI bars (circles: prompt swap, squares: P2P), one
+  image, left), one point per method with 95% CI bars (circles: prompt swap, squares: P2P; bars
+  clipped to the metric's range and left out for n < 3, :func:`eval.report.plots.error_extent`), one
   panel per model x setting. Methods are the tidy table's ``<inverter>+<editor>`` labels
   (:func:`eval.report.tables.label_methods`).
   Any two metrics can be plotted (e.g. ``bg_psnr`` when CLIP weights are unavailable).
@@ -19,7 +20,6 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
@@ -35,6 +35,7 @@ from eval.report.plots import (
     _save,
     _save_png,
     _to_hwc,
+    error_extent,
     image_file_name,
     image_grid,
     run_image_grid,
@@ -76,7 +77,7 @@ def edit_tradeoff(
         ax = fig.add_subplot(1, len(panels), k + 1)
         for model, setting, method, px, py in (p for p in points if (p[0], p[1]) == panel):
             marker = EDITOR_MARKERS.get(str(method).rsplit("+", 1)[-1].split("[")[0], "o")
-            ax.errorbar(px["mean"], py["mean"], xerr=np.nan_to_num(px["ci95"]), yerr=np.nan_to_num(py["ci95"]),
+            ax.errorbar(px["mean"], py["mean"], xerr=error_extent(px), yerr=error_extent(py),
                         fmt=marker, capsize=3, color=colors[method], label=method)
         ax.set_title(f"{panel[0]} · {panel[1]}", fontsize=9)
         ax.set_xlabel(AXIS_LABELS.get(x, x))

@@ -2,6 +2,10 @@
 
 - :func:`quality_vs_time`: mean quality against mean inversion+reconstruction time, one panel
   per model x setting, 95% CI bars both ways, the VAE ceiling dashed (paper Fig. 4).
+
+Every bar and band is the 95% interval clipped to what the metric can be
+(:func:`eval.report.tables.clipped_interval`: no negative times, no PSNR above the VAE ceiling from
+the interval alone) and is left out when fewer than 3 images have a value.
 - :func:`convergence`: PSNR and residual against iterations (paper Fig. 3) from a small tidy
   frame with :data:`CONVERGENCE_COLUMNS`; :func:`convergence_from_records` builds that frame
   from a sweep over an inverter's iteration hyperparameter.
@@ -23,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from eval.report.tables import TIME_TOTAL, parse_params, label_methods, mean_ci, summarize
+from eval.report.tables import TIME_TOTAL, clipped_interval, label_methods, mean_ci, parse_params, summarize
 
 # Convergence frame: one row per method x iteration x metric (x image, optional).
 CONVERGENCE_COLUMNS = ("method", "iteration", "metric", "value")
@@ -60,6 +64,15 @@ def _markers(names: Sequence[str]) -> dict[str, str]:
     return {n: MARKERS[(i // 20) % len(MARKERS)] for i, n in enumerate(names)}
 
 
+def error_extent(row: pd.Series) -> np.ndarray | None:
+    """matplotlib's asymmetric ``[[below], [above]]`` error of a summary row from its clipped interval
+    (``ci_low``/``ci_high``); None (no bar) when the row has no interval."""
+    mean, low, high = float(row["mean"]), float(row["ci_low"]), float(row["ci_high"])
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    return np.array([[max(mean - low, 0.0)], [max(high - mean, 0.0)]])
+
+
 def quality_vs_time(
     records: pd.DataFrame, out_path: str | Path, quality: str = "psnr", time: str = TIME_TOTAL
 ) -> Path:
@@ -80,8 +93,8 @@ def quality_vs_time(
             t = s[(s["method"] == method) & (s["metric"] == time)]
             if q.empty or t.empty or not math.isfinite(q["mean"].iloc[0]) or not math.isfinite(t["mean"].iloc[0]):
                 continue
-            ax.errorbar(t["mean"].iloc[0], q["mean"].iloc[0], xerr=np.nan_to_num(t["ci95"].iloc[0]),
-                        yerr=np.nan_to_num(q["ci95"].iloc[0]), fmt=markers[method], capsize=3,
+            ax.errorbar(t["mean"].iloc[0], q["mean"].iloc[0], xerr=error_extent(t.iloc[0]),
+                        yerr=error_extent(q.iloc[0]), fmt=markers[method], capsize=3,
                         color=colors[method], elinewidth=0.8, label=method)
         if quality == "psnr":
             ceil = labelled[(labelled["model"] == model) & (labelled["setting"] == setting)
@@ -107,7 +120,7 @@ def quality_vs_time(
 def convergence(frame: pd.DataFrame, out_path: str | Path, ceiling: float | None = None) -> Path:
     """Paper Fig. 3: mean ± 95% CI of each metric in :data:`CONVERGENCE_METRICS` against iterations.
 
-    ``frame`` has :data:`CONVERGENCE_COLUMNS` (``image`` optional, one value per image); the
+    The band is clipped (residuals >= 0, PSNR <= ``ceiling``) and left out where n < 3. ``frame`` has :data:`CONVERGENCE_COLUMNS` (``image`` optional, one value per image); the
     residual panel uses a log scale; ``ceiling`` (dB) draws the VAE ceiling on the PSNR panel.
     """
     missing = [c for c in CONVERGENCE_COLUMNS if c not in frame.columns]
@@ -123,10 +136,12 @@ def convergence(frame: pd.DataFrame, out_path: str | Path, ceiling: float | None
         rows = frame[frame["metric"] == metric]
         for method, block in rows.groupby("method", sort=False):
             stats = [(it, *mean_ci(g["value"].astype(float))) for it, g in block.groupby("iteration")]
-            its, means, halves = (np.array(v, dtype=float) for v in zip(*[(s[0], s[1], s[2]) for s in stats]))
+            its, means = (np.array(v, dtype=float) for v in zip(*[(s[0], s[1]) for s in stats]))
             ax.plot(its, means, marker="o", color=colors[method], label=str(method))
-            halves = np.nan_to_num(halves)
-            ax.fill_between(its, means - halves, means + halves, color=colors[method], alpha=0.2)
+            bands = np.array([clipped_interval("residual_rms" if metric == "residual" else metric, m, h, n,
+                                               ceiling) for _, m, h, n in stats], dtype=float)
+            ax.fill_between(its, bands[:, 0], bands[:, 1], where=np.isfinite(bands).all(axis=1),
+                            color=colors[method], alpha=0.2)
         if metric == "psnr" and ceiling is not None:
             ax.axhline(ceiling, linestyle="--", color="gray", label=f"VAE ceiling ({ceiling:.2f})")
         if metric == "residual":

@@ -1,7 +1,10 @@
 """Paper-shaped tables (Markdown and CSV) from the tidy results table (``eval.records``).
 
 Every number is a mean over images with its 95% confidence interval (Student t, over images;
-never pooled within a batch). Rows with status other than ``ok`` are counted, not averaged:
+never pooled within a batch), clipped to what the metric can be (:func:`clipped_interval`: no
+negative times or NFE, rates in [0, 1], no PSNR above the VAE ceiling from the interval alone) and
+left out when fewer than :data:`MIN_N_FOR_INTERVAL` images have a value. A mean is bold only when
+its interval does not overlap the runner-up's (the rule is printed under every table). Rows with status other than ``ok`` are counted, not averaged:
 a cell shows ``n/a`` when no image has a value and a footnote gives the reason.
 
 Methods and settings are labelled from the table itself: ``method`` is the inverter name plus
@@ -49,6 +52,20 @@ PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("nfe_forward", "NFE", "{:.4g}"),
     ("nfe_backward", "VJP", "{:.4g}"),
 )
+MIN_N_FOR_INTERVAL = 3  # fewer images than this: no interval is shown (the t interval is meaningless)
+BOLD_RULE = ("**Bold**: the best mean of a column, only where its interval does not overlap the runner-up's "
+             f"(both n ≥ {MIN_N_FOR_INTERVAL}); intervals are clipped to the metric's range and omitted for n < "
+             f"{MIN_N_FOR_INTERVAL}; `n` is the number of images with a result.")
+# What a metric's mean can be: exact names first, then name prefixes and suffixes; anything else is unbounded.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "edit_success": (0.0, 1.0), "latent_ks_stat": (0.0, 1.0), "ssim": (-1.0, 1.0), "bg_ssim": (-1.0, 1.0),
+    "clip_score": (0.0, 100.0), "clip_whole": (0.0, 100.0), "clip_edited": (0.0, 100.0),
+    "psnr": (0.0, math.inf), "psnr_vae_ceiling": (0.0, math.inf), "bg_psnr": (0.0, math.inf),
+    "recon_psnr": (0.0, math.inf), "latent_rmse": (0.0, math.inf), "latent_var": (0.0, math.inf),
+}
+NONNEGATIVE_PREFIXES = ("time_", "nfe_", "lpips", "bg_lpips", "bg_mse", "residual_", "peak_memory")
+RATE_SUFFIXES = ("_rate", "_success", "_fraction")
+CEILED = ("psnr", "recon_psnr")  # PSNRs of reconstructions, which the VAE ceiling bounds
 DEFAULT_HIGHER = {"psnr": True, "psnr_vae_ceiling": True, "ssim": True, "clip_score": True}
 GROUP = ("model", "setting", "method")
 SETTING_FIELDS = ("num_steps", "guidance_scale")
@@ -64,6 +81,31 @@ def mean_ci(values: Iterable[float], level: float = CI_LEVEL) -> tuple[float, fl
         return float(x.mean()), math.nan, n
     half = stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
     return float(x.mean()), float(half), n
+
+
+def metric_bounds(metric: str) -> tuple[float, float]:
+    """(lowest, highest) value a mean of ``metric`` can take: see :data:`BOUNDS`; (-inf, inf) if unknown."""
+    if metric in BOUNDS:
+        return BOUNDS[metric]
+    if metric.startswith(NONNEGATIVE_PREFIXES) or metric == TIME_TOTAL:
+        return 0.0, math.inf
+    if metric.endswith(RATE_SUFFIXES):
+        return 0.0, 1.0
+    return -math.inf, math.inf
+
+
+def clipped_interval(
+    metric: str, mean: float, half: float, n: int, ceiling: float | None = None
+) -> tuple[float, float]:
+    """The interval ``mean ± half`` clipped to :func:`metric_bounds` and, for a reconstruction PSNR, to
+    the VAE ``ceiling`` (never below the mean itself); (nan, nan) when ``n`` < :data:`MIN_N_FOR_INTERVAL`
+    or the half-width is not finite."""
+    if n < MIN_N_FOR_INTERVAL or not (math.isfinite(mean) and math.isfinite(half)):
+        return math.nan, math.nan
+    low, high = metric_bounds(metric)
+    if metric in CEILED and ceiling is not None and math.isfinite(ceiling):
+        high = min(high, max(ceiling, mean))
+    return max(mean - half, min(low, mean)), min(mean + half, max(high, mean))
 
 
 def parse_params(text: Any) -> dict[str, Any]:
@@ -130,8 +172,8 @@ def summarize(records: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
     """One row per ``by`` x metric: mean, ci95, n (ok images), n_rows, counts per status, a reason."""
     df = add_total_time(label_methods(records))
     keys = [*by, "metric"]
-    cols = [*keys, "mean", "ci95", "n", "n_rows", "n_failed", "n_skipped", "n_unavailable", "higher_is_better",
-            "reason"]
+    cols = [*keys, "mean", "ci95", "ci_low", "ci_high", "n", "n_rows", "n_failed", "n_skipped", "n_unavailable",
+            "higher_is_better", "reason"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     value = df["value"].astype(float)
@@ -150,7 +192,25 @@ def summarize(records: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
         tcrit = np.where(n > 1, stats.t.ppf(0.5 + CI_LEVEL / 2, np.maximum(n - 1, 1)), np.nan)
         out["ci95"] = tcrit * out["sd"].to_numpy(dtype=float) / np.sqrt(n)
     out["reason"] = out["reason"].fillna("")
+    ceilings = out[out["metric"] == "psnr_vae_ceiling"].set_index(list(by))["mean"]
+    low, high = [], []
+    for r in out.itertuples(index=False):
+        key = tuple(getattr(r, k) for k in by)
+        ceiling = ceilings.get(key if len(by) > 1 else key[0]) if r.metric in CEILED else None
+        lo, hi = clipped_interval(r.metric, r.mean, r.ci95, int(r.n), _scalar(ceiling))
+        low.append(lo)
+        high.append(hi)
+    out["ci_low"], out["ci_high"] = low, high
     return out[cols]
+
+
+def _scalar(value: Any) -> float | None:
+    """A float from a lookup that may have found nothing, one value or several (the first)."""
+    if value is None:
+        return None
+    if isinstance(value, pd.Series):
+        return float(value.iloc[0]) if len(value) else None
+    return float(value)
 
 
 def _vae_ceiling(df: pd.DataFrame) -> pd.DataFrame:
@@ -160,14 +220,17 @@ def _vae_ceiling(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, setting), block in ceil.groupby(["model", "setting"], sort=False):
         mean, half, n = mean_ci(block["value"].astype(float))
+        low, high = clipped_interval("psnr_vae_ceiling", mean, half, n)
         rows.append({"model": model, "setting": setting, "method": VAE_ROW, "metric": "psnr", "mean": mean,
-                     "ci95": half, "n": n, "n_rows": len(block), "n_failed": 0, "n_skipped": 0, "n_unavailable": 0,
+                     "ci95": half, "ci_low": low, "ci_high": high, "n": n, "n_rows": len(block), "n_failed": 0, "n_skipped": 0, "n_unavailable": 0,
                      "higher_is_better": True, "reason": ""})
     return pd.DataFrame(rows)
 
 
 def paper_table(records: pd.DataFrame) -> pd.DataFrame:
-    """Wide table: a row per model x setting x method (plus the VAE ceiling), ``<metric>`` and ``<metric>_ci95``."""
+    """Wide table: a row per model x setting x method (plus the VAE ceiling) with ``n`` (images with a
+    result) and, per metric, ``<metric>``, ``<metric>_ci95``, ``<metric>_n``, ``<metric>_ci_low`` and
+    ``<metric>_ci_high`` (the clipped interval; NaN when n < 3)."""
     summary = summarize(records)
     labelled = label_methods(records)
     summary = pd.concat([summary, _vae_ceiling(labelled)], ignore_index=True) if not labelled.empty else summary
@@ -176,9 +239,24 @@ def paper_table(records: pd.DataFrame) -> pd.DataFrame:
     for _, r in summary[summary["metric"].isin(wanted)].iterrows():
         key = (r["model"], r["setting"], r["method"])
         row = rows.setdefault(key, dict(zip(("model", "setting", "method"), key)))
-        row[r["metric"]], row[f"{r['metric']}_ci95"], row[f"{r['metric']}_n"] = r["mean"], r["ci95"], r["n"]
-    cols = ["model", "setting", "method"] + [f"{m}{s}" for m in wanted for s in ("", "_ci95", "_n")]
+        m = r["metric"]
+        row[m], row[f"{m}_ci95"], row[f"{m}_n"] = r["mean"], r["ci95"], r["n"]
+        row[f"{m}_ci_low"], row[f"{m}_ci_high"] = r["ci_low"], r["ci_high"]
+    images = _images_per_row(labelled)
+    for key, row in rows.items():
+        row["n"] = images.get(key, max((row.get(f"{m}_n", 0) for m in wanted), default=0))
+    cols = ["model", "setting", "method", "n"] + [
+        f"{m}{s}" for m in wanted for s in ("", "_ci95", "_n", "_ci_low", "_ci_high")]
     return pd.DataFrame(list(rows.values()), columns=cols)
+
+
+def _images_per_row(labelled: pd.DataFrame) -> dict[tuple[str, str, str], int]:
+    """(model, setting, method) -> distinct images with at least one ok row."""
+    if labelled.empty:
+        return {}
+    ok = labelled[labelled["status"] == "ok"]
+    counts = ok.groupby(["model", "setting", "method"], sort=False)["image"].nunique()
+    return {tuple(k): int(v) for k, v in counts.items()}
 
 
 def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
@@ -189,10 +267,16 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _cell(mean: float, half: float, fmt: str) -> str:
+def _cell(mean: float, half: float, low: float, high: float, fmt: str) -> str:
+    """``mean ± half``, or ``mean [low, high]`` where clipping made the interval asymmetric; the mean
+    alone without an interval (n < 3) or a zero-width one."""
     if not math.isfinite(mean):
         return "n/a"
-    return fmt.format(mean) + (f" ± {fmt.format(half)}" if math.isfinite(half) and half > 0 else "")
+    if not (math.isfinite(low) and math.isfinite(high)) or high - low <= 0:
+        return fmt.format(mean)
+    if math.isclose(mean - low, half, rel_tol=1e-9) and math.isclose(high - mean, half, rel_tol=1e-9):
+        return f"{fmt.format(mean)} ± {fmt.format(half)}"
+    return f"{fmt.format(mean)} [{fmt.format(low)}, {fmt.format(high)}]"
 
 
 def paper_markdown(records: pd.DataFrame, title: str | None = None) -> str:
@@ -209,23 +293,23 @@ def paper_markdown(records: pd.DataFrame, title: str | None = None) -> str:
     for (model, setting), block in wide.groupby(["model", "setting"], sort=False):
         cols = [(m, h, f) for m, h, f in present if _shown(block, summary, model, setting, m)]
         up = {m: higher.get(m, DEFAULT_HIGHER.get(m, False)) for m, _, _ in cols}
-        header = ["method"] + [f"{h} {'↑' if up[m] else '↓'}" for m, h, _ in cols]
+        header = ["method"] + [f"{h} {'↑' if up[m] else '↓'}" for m, h, _ in cols] + ["n"]
         methods = block[block["method"] != VAE_ROW]
-        best = {m: _best(methods[m], up[m]) for m, _, _ in cols}
+        best = {m: _best(methods, m, up[m]) for m, _, _ in cols}
         body = []
         for _, r in block.iterrows():
             cells = [str(r["method"])]
             for m, _, fmt in cols:
-                text = _cell(r[m], r[f"{m}_ci95"], fmt)
-                if r["method"] != VAE_ROW and best.get(m) is not None and r[m] == best[m]:
+                text = _cell(r[m], r[f"{m}_ci95"], r[f"{m}_ci_low"], r[f"{m}_ci_high"], fmt)
+                if r["method"] != VAE_ROW and best.get(m) == r["method"]:
                     text = f"**{text}**"
                 cells.append(text if r["method"] != VAE_ROW or m == "psnr" else "")
-            body.append(cells)
+            body.append(cells + [str(int(r["n"]))])
         parts += [f"### {model} · {setting}\n", markdown_table(header, body), ""]
     notes = _footnotes(summary)
     if notes:
         parts += ["Notes:", *notes, ""]
-    parts.append(f"Mean ± {int(CI_LEVEL * 100)}% confidence interval over images (Student t).")
+    parts.append(f"Mean ± {int(CI_LEVEL * 100)}% confidence interval over images (Student t). {BOLD_RULE}")
     return "\n".join(parts) + "\n"
 
 
@@ -237,13 +321,20 @@ def _shown(block: pd.DataFrame, summary: pd.DataFrame, model: str, setting: str,
     return not s.empty
 
 
-def _best(values: pd.Series, higher: bool) -> float | None:
-    """The best finite value, or None when there is none or every method ties."""
-    v = values.astype(float)
-    v = v[np.isfinite(v)]
-    if v.empty or v.nunique() < 2:
+def _best(methods: pd.DataFrame, metric: str, higher: bool) -> str | None:
+    """The method with the best finite mean of ``metric``, only if its clipped interval does not
+    overlap the runner-up's (both must have one); else None (ties, n < 3, overlapping intervals)."""
+    rows = methods[np.isfinite(methods[metric].astype(float))]
+    if len(rows) < 2:
         return None
-    return float(v.max() if higher else v.min())
+    rows = rows.sort_values(metric, ascending=not higher, kind="stable")
+    best, second = rows.iloc[0], rows.iloc[1]
+    lows = (float(best[f"{metric}_ci_low"]), float(second[f"{metric}_ci_low"]))
+    highs = (float(best[f"{metric}_ci_high"]), float(second[f"{metric}_ci_high"]))
+    if not all(map(math.isfinite, (*lows, *highs))) or best[metric] == second[metric]:
+        return None
+    separated = lows[0] > highs[1] if higher else highs[0] < lows[1]
+    return str(best["method"]) if separated else None
 
 
 def _footnotes(summary: pd.DataFrame) -> list[str]:
