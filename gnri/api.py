@@ -85,6 +85,20 @@ def resolve_method(method: str | Callable[..., InversionResult]) -> Callable[...
     return functools.partial(fn, **defaults)
 
 
+def check_hyperparameters(name: str, fn: Callable[..., Any], hyperparameters: dict[str, Any]) -> None:
+    """Raise a one-line ValueError naming the method's hyperparameters if a keyword is not one of them."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(hyperparameters) - set(known))
+    if unknown:
+        raise ValueError(f"gnri.invert: method {name!r} has no hyperparameter {unknown[0]!r}; "
+                         f"its hyperparameters: {', '.join(known) or 'none'}")
+
+
 def resolve_schedule(schedule: ScheduleSpec | str) -> ScheduleSpec:
     """A :class:`ScheduleSpec` as is, or the one a ``conf/schedule`` name describes."""
     if isinstance(schedule, ScheduleSpec):
@@ -361,6 +375,7 @@ def invert(
     schedule = default_schedule(adapter) if schedule is None else resolve_schedule(schedule)
     if isinstance(method, str):
         fn, params = method_entry(method)
+        check_hyperparameters(method, fn, hyperparameters)
         params.update(hyperparameters)
     else:
         fn, params = method, dict(hyperparameters)

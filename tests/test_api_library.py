@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import gnri
-from gnri.api import image_tensor, psnr, resolve_method
+from gnri.api import check_hyperparameters, image_tensor, psnr, resolve_method
 from gnri.registry import METHODS, SCHEDULES, import_target
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -31,16 +31,17 @@ def image() -> torch.Tensor:
 
 def test_method_registry_equals_conf_inverter_exactly() -> None:
     confs = _yaml("inverter")
-    assert set(METHODS) == set(confs)
+    assert set(METHODS) == set(confs), "conf/inverter and gnri/registry.py METHODS must name the same methods"
     for name, node in confs.items():
         target, defaults = METHODS[name]
         assert target == node["_target_"], name
         assert defaults == {k: v for k, v in node.items() if k not in META}, name
+        check_hyperparameters(name, import_target(target), defaults)  # every default reaches a real parameter
 
 
 def test_schedule_registry_equals_conf_schedule_exactly() -> None:
     confs = _yaml("schedule")
-    assert set(SCHEDULES) == set(confs)
+    assert set(SCHEDULES) == set(confs), "conf/schedule and gnri/registry.py SCHEDULES must name the same schedules"
     for name, node in confs.items():
         assert SCHEDULES[name] == node, name
         assert asdict(gnri.ScheduleSpec(**node)) == SCHEDULES[name]
@@ -68,6 +69,11 @@ def test_unknown_names_give_one_line_listing_the_valid_ones() -> None:
 
     with pytest.raises(ValueError, match=r"unknown schedule 'ddim4'; valid names: .*ddim10.*flow4"):
         resolve_schedule("ddim4")
+
+
+def test_a_misspelt_hyperparameter_names_the_valid_ones(tiny_sd_adapter, image) -> None:
+    with pytest.raises(ValueError, match=r"method 'ddim' has no hyperparameter 'max_iter'; its hyperparameters: timestep$"):
+        gnri.invert(tiny_sd_adapter, image, PROMPT, method="ddim", schedule=STEPS4, progress=False, max_iter=3)
 
 
 def test_list_methods_names_every_config_with_its_docstring(capsys) -> None:
