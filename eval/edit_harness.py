@@ -63,7 +63,7 @@ from eval.loop import run_units
 from eval.metrics.base import ImageMetric
 from eval.metrics.masked import MaskedLPIPS, MaskedSSIM, masked_mse, masked_psnr, region_image
 from eval.metrics.psnr import psnr
-from eval.records import RunInfo, new_run_id, provenance, write_provenance
+from eval.records import RunInfo, Unavailable, new_run_id, provenance, write_provenance
 from eval.settings import RunSettings, settings_from_kwargs
 from eval.units import Unit, plan_units
 from eval.timing import time_call
@@ -98,13 +98,6 @@ EXACT_METRICS = {"exact_noise_nmse": False, "exact_latent_nmse": False, "exact_i
 
 class Skip(Exception):
     """The item or method does not apply: its rows get status ``skipped`` with this reason."""
-
-
-@dataclass(frozen=True)
-class Unavailable:
-    """A metric that cannot give a number for this item, and why."""
-
-    reason: str
 
 
 Value = float | str | Unavailable  # a number, a failure reason, or unavailable

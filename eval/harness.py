@@ -46,10 +46,18 @@ from eval.metrics.base import ImageMetric
 from eval.metrics.gaussianity import LatentGaussianity
 from eval.metrics.latent import latent_rmse
 from eval.metrics.psnr import psnr
-from eval.records import GAUSSIANITY_ROWS, HARNESS_METRICS, RunInfo, new_run_id, provenance, write_provenance
+from eval.records import (
+    GAUSSIANITY_ROWS,
+    HARNESS_METRICS,
+    RunInfo,
+    Unavailable,
+    new_run_id,
+    provenance,
+    write_provenance,
+)
 from eval.report.plots import save_run_images
 from eval.settings import RunSettings, settings_from_kwargs
-from eval.timing import PeakMemory, time_call
+from eval.timing import NetworkTimes, PeakMemory, bare_network_times, time_call
 from eval.units import Unit, plan_units
 from gnri.core import (
     Conditioning,
@@ -137,6 +145,7 @@ class _Run:
     warmed: bool = False
     denoiser: Any = None
     unavailable: dict[str, str] = field(default_factory=dict)
+    network: NetworkTimes | None = None
 
     @property
     def metric_names(self) -> list[str]:
@@ -269,6 +278,8 @@ def _rows_for(run: _Run, unit: Unit) -> list[dict[str, Any]]:
         row_status, row_reason = status, reason
         if name in run.unavailable:
             row_status, row_reason = "unavailable", run.unavailable[name]
+        elif status == "ok" and isinstance(values.get(name), Unavailable):
+            row_status, row_reason = "unavailable", values[name].reason  # type: ignore[union-attr]
         elif status == "ok" and isinstance(values.get(name), str):
             row_status, row_reason = "failed", values[name]
         value = values.get(name, math.nan) if row_status == "ok" else math.nan
@@ -349,7 +360,7 @@ def _invert(run: _Run, denoiser: Any, img: _Image) -> InversionResult:
         raise _Skip(f"does not apply: {_one_line(err)}") from None
 
 
-def _measure(run: _Run, entry: Entry) -> dict[str, float | str]:
+def _measure(run: _Run, entry: Entry) -> dict[str, Any]:
     """Every metric value of one image (a str value is that metric's failure reason)."""
     torch.manual_seed(run.settings.seed)
     img = _prepare(run, entry)
@@ -360,6 +371,8 @@ def _measure(run: _Run, entry: Entry) -> dict[str, float | str]:
         for _ in range(run.settings.warmup):
             recon(_invert(run, counting, img))
         run.warmed = True
+    if run.network is None:
+        run.network = _network_times(run, img, device)
 
     def invert_once() -> InversionResult:
         counting.counter.reset()
@@ -385,7 +398,7 @@ def _measure(run: _Run, entry: Entry) -> dict[str, float | str]:
     if run.settings.out_dir is not None:
         save_run_images(Path(run.settings.out_dir), entry.image_id, img.pixels, decoded)
     normality = LatentGaussianity()(result.z)
-    values: dict[str, float | str] = {
+    values: dict[str, Any] = {
         "psnr_vae_ceiling": img.ceiling_psnr,
         "psnr_gap_to_vae": img.ceiling_psnr - psnr(decoded, img.pixels)[0].item(),
         "latent_rmse": latent_rmse(z_rec, img.latent)[0].item(),
@@ -397,10 +410,40 @@ def _measure(run: _Run, entry: Entry) -> dict[str, float | str]:
         "time_invert_s": inverted.median_s,
         "time_reconstruct_s": rebuilt.median_s,
         "peak_memory_mb": memory.mb,
+        **_overhead(run.network, inverted.median_s, nfe_forward, nfe_backward),
         **{name: normality[name][0].item() for name in GAUSSIANITY_ROWS},
     }
     values.update(_image_metrics(run, decoded, img.pixels, entry.caption))
     return values
+
+
+def _network_times(run: _Run, img: _Image, device: torch.device) -> NetworkTimes:
+    """The bare network's forward and backward seconds on this run's first image, at the middle
+    level of its grid (a backward that cannot run, e.g. out of memory, is left out with why)."""
+    level = img.grid.levels[len(img.grid.levels) // 2]
+    try:
+        return bare_network_times(run.denoiser, img.latent, level, img.cond, device, backward=True)
+    except (RuntimeError, torch.OutOfMemoryError) as err:
+        log.warning("bare network backward could not be timed: %s", _one_line(err))
+        forward = bare_network_times(run.denoiser, img.latent, level, img.cond, device).forward_s
+        return NetworkTimes(forward, None, f"backward failed: {_one_line(err)}")
+
+
+def _overhead(network: NetworkTimes | None, invert_s: float, nfe_forward: int, nfe_backward: int) -> dict[str, Any]:
+    """The bare network's times and the method's overhead ratio over them (a str: why missing)."""
+    if network is None or network.forward_s is None:
+        why = Unavailable(network.reason if network is not None else "not measured")
+        return {"time_network_call_s": why, "time_network_backward_s": why, "overhead_ratio": why}
+    missing = Unavailable(network.reason)
+    out: dict[str, Any] = {"time_network_call_s": network.forward_s,
+                           "time_network_backward_s": network.backward_s if network.backward_s is not None
+                           else missing}
+    if nfe_backward and network.backward_s is None:
+        out["overhead_ratio"] = missing
+    else:
+        network_s = nfe_forward * network.forward_s + nfe_backward * (network.backward_s or 0.0)
+        out["overhead_ratio"] = invert_s / network_s if network_s > 0 else "no network evaluation"
+    return out
 
 
 def _reconstruct(denoiser: Any, result: InversionResult, grid: Grid, cond: Conditioning) -> Tensor:

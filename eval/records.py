@@ -45,6 +45,11 @@ input image on [0, 1]:
   (CFG counts 2); ``nfe_forward_reconstruct``: forward passes of one reconstruction;
 - ``time_invert_s`` / ``time_reconstruct_s``: median wall seconds over ``repeats``, after warm-up;
 - ``peak_memory_mb``: peak memory during one inversion (CUDA allocator peak; CPU: process RSS);
+- ``time_network_call_s`` / ``time_network_backward_s``: the bare network (the diffusers module
+  on inputs prepared once) per forward pass / per backward pass, timed in the same run the same
+  way (:func:`eval.timing.bare_network_times`, once per run, the same on every row of it);
+- ``overhead_ratio``: ``time_invert_s / (nfe_forward x call + nfe_backward x backward)``: 1 is
+  the network alone, the rest is the method's and the harness's own cost;
 - ``latent_mean`` / ``latent_var`` / ``latent_ks_stat``: how Gaussian the inverted latent is
   (ideal 0 / 1 / 0; Kolmogorov-Smirnov statistic against N(0, 1) over its values): the
   paper's "in-distribution" claim made measurable (:mod:`eval.metrics.gaussianity`).
@@ -90,6 +95,9 @@ HARNESS_METRICS = {
     "time_invert_s": False,
     "time_reconstruct_s": False,
     "peak_memory_mb": False,
+    "time_network_call_s": False,
+    "time_network_backward_s": False,
+    "overhead_ratio": False,
     "latent_mean": False,
     "latent_var": False,
     "latent_ks_stat": False,
@@ -98,6 +106,13 @@ HARNESS_METRICS = {
 GAUSSIANITY_ROWS = ("latent_mean", "latent_var", "latent_ks_stat")
 RESULTS_FILE = "results.csv"
 PROVENANCE_FILE = "provenance.json"
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A metric value that cannot be a number for this item here, and why (status ``unavailable``)."""
+
+    reason: str
 
 
 class RunLogger(Protocol):

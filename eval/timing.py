@@ -100,3 +100,41 @@ def _rss_bytes() -> int:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
     return psutil.Process().memory_info().rss
+
+
+@dataclass(frozen=True)
+class NetworkTimes:
+    """Seconds of the bare network per forward pass and per backward pass (a CFG call of two
+    branches counts as two of each, as the NFE counter does); None where not measured."""
+
+    forward_s: float | None
+    backward_s: float | None = None
+    reason: str = ""  # why a time is missing
+
+
+def bare_network_times(
+    denoiser: object, z: torch.Tensor, level: object, cond: object, device: torch.device,
+    *, backward: bool = False, warmup: int = 2, repeats: int = 5,
+) -> NetworkTimes:
+    """Time the network alone the way methods are timed: the same inputs (prepared once, outside
+    the clock), dtype and attention backend, ``warmup`` untimed calls, device synchronised,
+    median of ``repeats``. ``backward``: also forward + backward to the input, minus forward.
+
+    Needs ``denoiser.network_call(z, level, cond, grad=False)`` (the adapters' denoisers have it).
+    """
+    make = getattr(denoiser, "network_call", None)
+    if make is None:
+        return NetworkTimes(None, None, f"{type(denoiser).__name__} exposes no bare network call")
+    per_call = int(denoiser.forwards_per_call(cond))  # type: ignore[attr-defined]
+
+    def median(call: Callable[[], object]) -> float:
+        for _ in range(warmup):
+            call()
+        return time_call(call, device, repeats).median_s
+
+    forward = median(make(z, level, cond))  # type: ignore[operator]
+    backward_s = None
+    if backward:
+        both = median(make(z, level, cond, grad=True))  # type: ignore[operator]
+        backward_s = max(both - forward, 0.0) / per_call
+    return NetworkTimes(forward / per_call, backward_s)

@@ -35,6 +35,13 @@ REQUIRED = {
     "device", "dtype", "inverter_params", "config",
 }
 PER_IMAGE = 1 + len(HARNESS_METRICS)  # psnr + the harness's own metrics
+NETWORK_ROWS = ("time_network_call_s", "time_network_backward_s", "overhead_ratio")
+
+
+def toy_ok(df: pd.DataFrame) -> bool:
+    """Every row ok, except the bare-network rows: the toy denoiser has no network to time."""
+    net = df["metric"].isin(NETWORK_ROWS)
+    return bool((df[~net]["status"] == "ok").all() and (df[net]["status"] == "unavailable").all())
 
 
 @dataclass
@@ -161,7 +168,7 @@ def test_interrupted_sweep_keeps_finished_rows(tmp_path: Path) -> None:
         _toy_run(inverter, tmp_path)
     saved = read_records(tmp_path / RESULTS_FILE)
     assert len(saved) == PER_IMAGE and set(saved["image"]) == {sample_dataset()[0].image_id}
-    assert (saved["status"] == "ok").all()
+    assert toy_ok(saved)
 
 
 def test_divergence_is_a_failed_row_and_the_sweep_goes_on(tmp_path: Path) -> None:
@@ -170,7 +177,7 @@ def test_divergence_is_a_failed_row_and_the_sweep_goes_on(tmp_path: Path) -> Non
     bad = df[df["image"] == first]
     assert len(bad) == PER_IMAGE and (bad["status"] == "failed").all() and bad["value"].isna().all()
     assert bad["reason"].str.contains("diverged: non-finite latent after inversion").all()
-    assert (df[df["image"] == second]["status"] == "ok").all()
+    assert toy_ok(df[df["image"] == second])
     assert len(read_records(tmp_path / RESULTS_FILE)) == 2 * PER_IMAGE
 
 
@@ -193,7 +200,7 @@ def test_bad_entries_are_skipped_rows(tmp_path: Path) -> None:
         good,
     ]
     df = _toy_run(ScriptedInverter(), entries=entries)
-    by_image = df.groupby("image")["status"].agg(set).to_dict()
+    by_image = df[~df["metric"].isin(NETWORK_ROWS)].groupby("image")["status"].agg(set).to_dict()
     assert by_image == {"nocap.png": {"skipped"}, "broken.png": {"skipped"}, good.image_id: {"ok"}}
     assert (df[df["image"] == "nocap.png"]["reason"] == "missing caption for nocap.png").all()
     assert df[df["image"] == "broken.png"]["reason"].str.startswith("cannot read image broken.png").all()

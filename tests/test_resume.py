@@ -27,7 +27,8 @@ from gnri.models.base import ScheduleSpec
 from test_harness import ScriptedInverter, ToyAdapter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = ("time_invert_s", "time_reconstruct_s", "peak_memory_mb")
+TIMING = ("time_invert_s", "time_reconstruct_s", "peak_memory_mb", "time_network_call_s", "time_network_backward_s",
+          "overhead_ratio")
 NON_TIMING_COLUMNS = ["unit_key", "model", "checkpoint", "schedule", "inverter", "image", "caption", "metric",
                       "value", "status", "reason"]
 

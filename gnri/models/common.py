@@ -88,6 +88,26 @@ def stack_branches(parts: list[dict[str, Tensor]], key: str, batch: int, dtype: 
     return torch.cat([batched(p[key], batch, key) for p in parts]).to(dtype)
 
 
+def bare_call(network: Any, inputs: dict[str, Any], latent_key: str, grad: bool = False) -> Any:
+    """A closure calling ``network(**inputs)`` as is; with ``grad``, a forward pass with a graph
+    and one backward pass to ``inputs[latent_key]`` (what a vector-Jacobian product costs)."""
+    if not grad:
+        def forward() -> Any:
+            with torch.no_grad():
+                return network(**inputs)[0]
+
+        return forward
+    base = inputs[latent_key].detach()
+
+    def forward_backward() -> Any:
+        with torch.enable_grad():
+            latent = base.clone().requires_grad_(True)
+            out = network(**{**inputs, latent_key: latent})[0]
+            return torch.autograd.grad(out, latent, torch.ones_like(out))[0]
+
+    return forward_backward
+
+
 def vae_encode(vae: Any, images: Tensor, scaling: float, shift: float) -> Tensor:
     """[0, 1] images -> ``(posterior mode - shift) * scaling``, float32 (float64 for a float64 VAE)."""
     x = (2.0 * images - 1.0).to(device=vae.device, dtype=vae.dtype)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from diffusers import FluxPipeline
@@ -23,6 +23,7 @@ from diffusers import FluxPipeline
 from gnri.core import Conditioning, Grid, Level, Prediction, Tensor
 from gnri.models.base import ScheduleSpec
 from gnri.models.common import (
+    bare_call,
     branches,
     freeze,
     guided,
@@ -71,26 +72,35 @@ class FluxDenoiser:
     def forwards_per_call(self, cond: Conditioning) -> int:
         return 2 if cond.uses_cfg else 1
 
-    def __call__(self, z: Tensor, level: Level, cond: Conditioning) -> Prediction:
+    def network_inputs(self, z: Tensor, level: Level, cond: Conditioning) -> dict[str, Any]:
+        """The transformer's keyword arguments for one call (CFG branches stacked into one batch)."""
         parts = branches(cond)
         batch, dtype = z.shape[0], self.transformer.dtype
         n = batch * len(parts)
         rows, cols = token_grid(z.shape[1], self.native_grid)
-        img_ids = FluxPipeline._prepare_latent_image_ids(n, rows, cols, z.device, dtype)
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((n,), float(self.guidance), device=z.device, dtype=torch.float32)
-        out = self.transformer(
-            hidden_states=torch.cat([z] * len(parts)).to(dtype),
-            timestep=torch.full((n,), level.t, device=z.device, dtype=torch.float32).to(dtype),
-            guidance=guidance,
-            pooled_projections=stack_branches(parts, "pooled_prompt_embeds", batch, dtype),
-            encoder_hidden_states=stack_branches(parts, "prompt_embeds", batch, dtype),
-            txt_ids=parts[-1]["txt_ids"].to(dtype),
-            img_ids=img_ids,
-            return_dict=False,
-        )[0]
-        preds = [to_prediction(o.to(z.dtype), z, level, "flow") for o in out.chunk(len(parts))]
+        return {
+            "hidden_states": torch.cat([z] * len(parts)).to(dtype),
+            "timestep": torch.full((n,), level.t, device=z.device, dtype=torch.float32).to(dtype),
+            "guidance": guidance,
+            "pooled_projections": stack_branches(parts, "pooled_prompt_embeds", batch, dtype),
+            "encoder_hidden_states": stack_branches(parts, "prompt_embeds", batch, dtype),
+            "txt_ids": parts[-1]["txt_ids"].to(dtype),
+            "img_ids": FluxPipeline._prepare_latent_image_ids(n, rows, cols, z.device, dtype),
+            "return_dict": False,
+        }
+
+    def network_call(self, z: Tensor, level: Level, cond: Conditioning, grad: bool = False) -> Callable[[], Any]:
+        """The bare transformer call on inputs prepared once (``grad``: forward + backward to the
+        input), for timing the network apart from everything around it."""
+        return bare_call(self.transformer, self.network_inputs(z, level, cond), "hidden_states", grad)
+
+    def __call__(self, z: Tensor, level: Level, cond: Conditioning) -> Prediction:
+        n = len(branches(cond))
+        out = self.transformer(**self.network_inputs(z, level, cond))[0]
+        preds = [to_prediction(o.to(z.dtype), z, level, "flow") for o in out.chunk(n)]
         return preds[0] if len(preds) == 1 else guided(preds[0], preds[1], cond.guidance_scale)
 
 

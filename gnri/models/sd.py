@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -20,6 +20,7 @@ from gnri.core import Conditioning, Grid, Level, Prediction, Tensor
 from gnri.models.base import ScheduleSpec
 from gnri.models.common import (
     PREDICTION_TYPES,
+    bare_call,
     branches,
     freeze,
     guided,
@@ -56,17 +57,29 @@ class UNetDenoiser:
     def forwards_per_call(self, cond: Conditioning) -> int:
         return 2 if cond.uses_cfg else 1
 
-    def __call__(self, z: Tensor, level: Level, cond: Conditioning) -> Prediction:
+    def network_inputs(self, z: Tensor, level: Level, cond: Conditioning) -> dict[str, Any]:
+        """The UNet's keyword arguments for one call (CFG branches stacked into one batch)."""
         parts = branches(cond)
         batch, dtype = z.shape[0], self.unet.dtype
-        z_in = torch.cat([z] * len(parts)).to(dtype)
-        t = torch.tensor(level.t, dtype=torch.float32, device=z.device)
-        hidden = stack_branches(parts, "prompt_embeds", batch, dtype)
         added = None
         if ADDED_COND_KEYS[0] in parts[0]:
             added = {k: stack_branches(parts, k, batch, dtype) for k in ADDED_COND_KEYS}
-        out = self.unet(z_in, t, encoder_hidden_states=hidden, added_cond_kwargs=added, return_dict=False)[0]
-        preds = [to_prediction(o.to(z.dtype), z, level, self.prediction_type) for o in out.chunk(len(parts))]
+        return {
+            "sample": torch.cat([z] * len(parts)).to(dtype),
+            "timestep": torch.tensor(level.t, dtype=torch.float32, device=z.device),
+            "encoder_hidden_states": stack_branches(parts, "prompt_embeds", batch, dtype),
+            "added_cond_kwargs": added, "return_dict": False,
+        }
+
+    def network_call(self, z: Tensor, level: Level, cond: Conditioning, grad: bool = False) -> Callable[[], Any]:
+        """The bare UNet call on inputs prepared once (``grad``: forward + backward to the input),
+        for timing the network apart from everything around it (eval.timing.bare_network_times)."""
+        return bare_call(self.unet, self.network_inputs(z, level, cond), "sample", grad)
+
+    def __call__(self, z: Tensor, level: Level, cond: Conditioning) -> Prediction:
+        n = len(branches(cond))
+        out = self.unet(**self.network_inputs(z, level, cond))[0]
+        preds = [to_prediction(o.to(z.dtype), z, level, self.prediction_type) for o in out.chunk(n)]
         return preds[0] if len(preds) == 1 else guided(preds[0], preds[1], cond.guidance_scale)
 
 
