@@ -42,6 +42,7 @@ from eval.cache import TensorCache, conditioning_from_tensors, conditioning_to_t
 from eval.data import Entry
 from eval.distributed import Shard
 from eval.loop import run_units
+from eval.machine import warn_if_loaded
 from eval.metrics.base import ImageMetric
 from eval.metrics.gaussianity import LatentGaussianity
 from eval.metrics.latent import latent_rmse
@@ -215,8 +216,11 @@ def evaluate(
     run = _Run(settings, adapter, inverter, metrics, cache, shard)
     units = plan_units(settings, dataset)
     desc = f"{settings.model or 'model'}/{settings.schedule_name or settings.schedule.kind}/{settings.inverter}"
-    return run_units(settings, units, run.expected_rows, functools.partial(_rows_for, run), shard=shard,
-                     on_rows=on_rows, desc=desc, stages=run.stages)
+    table = run_units(settings, units, run.expected_rows, functools.partial(_rows_for, run), shard=shard,
+                      on_rows=on_rows, desc=desc, stages=run.stages)
+    if run.network is not None:
+        warn_if_loaded("end of the timed work")
+    return table
 
 
 def _unavailable(metrics: Sequence[ImageMetric]) -> dict[str, str]:
@@ -372,6 +376,7 @@ def _measure(run: _Run, entry: Entry) -> dict[str, Any]:
             recon(_invert(run, counting, img))
         run.warmed = True
     if run.network is None:
+        warn_if_loaded("start of the timed work")
         run.network = _network_times(run, img, device)
 
     def invert_once() -> InversionResult:

@@ -24,7 +24,8 @@ Columns (:data:`COLUMNS`, in this order):
   ``provenance.json``): ``git_commit`` (``<sha>``, ``<sha>-dirty``, or ``unknown``), ``torch_version``,
   ``diffusers_version``, ``transformers_version``, ``device``, ``dtype``, and JSON strings
   ``inverter_params`` (the inverter's hyperparameters), ``schedule_params`` (the ScheduleSpec
-  fields) and ``config`` (the full resolved config).
+  fields), ``config`` (the full resolved config) and ``machine`` (CPU model, cores, torch threads,
+  load average when the run set up: :mod:`eval.machine`).
 
 Statuses: ``ok``; ``failed`` (the method or pipeline raised, or diverged: a non-finite latent,
 on a valid input); ``skipped`` (not run: the method does not apply here, it raised ValueError,
@@ -72,10 +73,12 @@ from typing import Any, Iterable, Mapping, Protocol
 
 import pandas as pd
 
+from eval.machine import machine_state
+
 STATUSES = ("ok", "failed", "skipped", "unavailable")
 PROVENANCE_COLUMNS = (
     "git_commit", "torch_version", "diffusers_version", "transformers_version", "device", "dtype",
-    "inverter_params", "schedule_params", "config",
+    "inverter_params", "schedule_params", "config", "machine",
 )
 COLUMNS = (
     "run_id", "unit_key", "model", "checkpoint", "schedule", "inverter", "adapter", "image", "caption", "metric",
@@ -176,6 +179,7 @@ def provenance(
         "inverter_params": to_json(dict(inverter_params or {})),
         "schedule_params": to_json(dict(schedule_params or {})),
         "config": to_json(dict(config or {})),
+        "machine": to_json(machine_state()),
     }
 
 
@@ -243,7 +247,7 @@ def read_records(path: str | Path) -> pd.DataFrame:
     if text.count("\n") < 2:  # a header alone, or nothing whole
         return to_frame([])
     df = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
-    for column in ("unit_key", "checkpoint"):
+    for column in ("unit_key", "checkpoint", "machine"):
         if column not in df.columns:
             df[column] = ""
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
@@ -258,7 +262,7 @@ def write_provenance(run_dir: Path, info: RunInfo) -> Path:
         "inverter": info.inverter, "adapter": info.adapter, "num_steps": info.num_steps,
         "guidance_scale": info.guidance_scale, "seed": info.seed, **info.provenance,
     }
-    for key in ("inverter_params", "schedule_params", "config"):
+    for key in ("inverter_params", "schedule_params", "config", "machine"):
         if isinstance(data.get(key), str) and data[key]:
             data[key] = json.loads(data[key])
     path = run_dir / PROVENANCE_FILE

@@ -272,3 +272,19 @@ def test_records_round_trip_through_csv(tmp_path: Path) -> None:
     assert json.loads(back["inverter_params"].iloc[0]) == {"k": [1, 2]}
     with pytest.raises(ValueError, match="status must be one of"):
         info.row("x", "c", "psnr", 1.0, "broken", "", True)
+
+
+def test_rows_record_the_machine_and_a_loaded_cpu_warns(tmp_path: Path, monkeypatch, caplog) -> None:
+    import json
+
+    import eval.machine as machine
+
+    df = _toy_run(ScriptedInverter(), tmp_path)
+    state = json.loads(df["machine"].iloc[0])
+    assert state["cpu_count"] >= 1 and state["torch_threads"] >= 1 and state["cpu_model"]
+    monkeypatch.setattr(machine.os, "getloadavg", lambda: (99.0, 0.0, 0.0))
+    with caplog.at_level("WARNING"):
+        assert machine.warn_if_loaded("start of the timed work")
+    assert "load average 99.0 exceeds" in caplog.text
+    monkeypatch.setattr(machine.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert not machine.warn_if_loaded("end")
