@@ -158,11 +158,13 @@ def run_task(settings: Any, node: DictConfig, adapter: Any, inverter: Any, datas
 
 
 def _finish(records: Any, run_dir: Path, logger: Any, note: str | None = None) -> None:
-    from eval.summary import summarize, write_summary
+    from eval.summary import summarize, terminal_summary, write_summary
 
     write_summary(records, run_dir, note)
     if logger is not None:
         logger.finish(records, run_dir, summarize(records, note))
+    if not records.empty:
+        print(terminal_summary(records, run_dir), flush=True)
 
 
 def pick_device(device: str | None, model_device: str | None, launcher_target: str, job_num: int | None) -> str:

@@ -111,3 +111,32 @@ def write_summary(df: pd.DataFrame, run_dir: str | Path, note: str | None = None
     path = Path(run_dir) / SUMMARY_FILE
     path.write_text(summarize(df, note), encoding="utf-8")
     return path
+
+
+def _mean(df: pd.DataFrame, metric: str) -> float | None:
+    values = df[(df["metric"] == metric) & (df["status"] == "ok")]["value"].astype(float)
+    return float(values.mean()) if not values.empty else None
+
+
+def terminal_summary(df: pd.DataFrame, run_dir: str | Path) -> str:
+    """Three lines for the terminal at the end of a run: what ran and how many images were ok,
+    the headline means, and where the results are."""
+    items = df.drop_duplicates("image")
+    first = items.iloc[0] if not items.empty else None
+    what = f"{first['model']}/{first['schedule']}/{first['inverter']}" if first is not None else "run"
+    per_item = df.groupby("image")["status"].agg(lambda s: "ok" if (s == "ok").any() else s.iloc[0])
+    counts = per_item.value_counts().to_dict()
+    line1 = (f"{what}: {len(per_item)} item(s): {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
+             f"{counts.get('skipped', 0)} skipped")
+    parts = []
+    for metric, label, unit in (("psnr", "PSNR", " dB"), ("psnr_gap_to_vae", "gap to VAE", " dB"),
+                                ("time_invert_s", "invert", " s"), ("overhead_ratio", "x network", ""),
+                                ("nfe_forward", "NFE", ""), ("edit_success", "edit success", ""),
+                                ("clip_whole", "CLIP", ""), ("exact_image_psnr", "exact PSNR", " dB")):
+        value = _mean(df, metric)
+        if value is not None:
+            parts.append(f"{label} {_fmt(value)}{unit}")
+    line2 = "  means: " + (", ".join(parts) if parts else "no ok values")
+    folder = Path(run_dir)
+    line3 = f"  results: {folder / 'results.csv'}  summary: {folder / SUMMARY_FILE}"
+    return "\n".join([line1, line2, line3])
