@@ -130,7 +130,8 @@ def _utf8(text: str) -> bool:
 def _entry(image_id: str, folder: Path, caption: object, where: str, has_caption: bool = True) -> Entry:
     """The entry of ``image_id`` (a path relative to ``folder``) with ``caption`` as found."""
     if not _utf8(image_id) or any(ord(c) < 32 or c == "\x7f" for c in image_id):
-        return Entry(where, None, None, f"{where}: image name is not a valid file name (control character or lone surrogate)")
+        why = "control character or lone surrogate"
+        return Entry(where, None, None, f"{where}: image name is not a valid file name ({why})")
     file = folder / image_id
     if isinstance(caption, str) and not _utf8(caption):
         return Entry(image_id, file, None, f"caption of {image_id} is not valid Unicode (a lone surrogate)")

@@ -155,7 +155,8 @@ def _piebench_entry(key: str, item: object, images: Path) -> EditEntry:
     if not path.is_file():
         return EditEntry(key, path, source, f"image file not found: {path}", **base)
     if not source.strip() or not target.strip():
-        return EditEntry(key, path, source, f"{MAPPING_FILE} entry {key}: empty original_prompt or editing_prompt", **base)
+        problem = f"{MAPPING_FILE} entry {key}: empty original_prompt or editing_prompt"
+        return EditEntry(key, path, source, problem, **base)
     size = _image_size(path)
     if size is None:
         return EditEntry(key, path, source, f"cannot read PIE-Bench image {path}", **base)

@@ -366,3 +366,22 @@ def test_every_bad_input_is_a_row_and_the_sweep_goes_on(tmp_path: Path, tiny_sd_
     for name in ("u32.tif", "photo.png#2"):  # (each ok image costs an inversion: keep them few)
         assert status[name] == "ok", (name, reason[name])
     assert status["captions.jsonl line 7"] == "skipped" and "array" in reason["captions.jsonl line 7"]
+
+
+def test_piebench_bad_images_and_prompts_are_problems(tmp_path: Path) -> None:
+    """PIE-Bench reads only image headers: a bomb or junk file, or a blank prompt, is a problem entry."""
+    from eval.edit_data import piebench_dataset
+
+    images = tmp_path / "annotation_images"
+    images.mkdir()
+    _write(images / "bomb.png", png_bytes(100_000, 100_000, 1, 0, b"\0" * 64))
+    _write(images / "junk.jpg", b"\xff\xd8 not really")
+    Image.new("RGB", (512, 512)).save(images / "ok.png")
+    item = {"original_prompt": "a [cat]", "editing_prompt": "a [dog]", "mask": [0, 10]}
+    mapping = {"1": {**item, "image_path": "bomb.png"}, "2": {**item, "image_path": "junk.jpg"},
+               "3": {**item, "image_path": "ok.png", "editing_prompt": "  "}, "4": {**item, "image_path": "ok.png"}}
+    (tmp_path / "mapping_file.json").write_text(json.dumps(mapping))
+    entries = piebench_dataset(tmp_path)
+    assert "cannot read" in entries[0].problem and "cannot read" in entries[1].problem
+    assert "empty original_prompt or editing_prompt" in entries[2].problem
+    assert entries[3].problem is None
