@@ -20,9 +20,13 @@ A usable entry may carry a ``warning`` (:func:`with_caption_warnings`: its capti
 than the model's text encoders take, so the pipeline truncates it).
 
 Image rule (:func:`gnri.images.load_image` + :func:`gnri.images.fit_to_size`): any PIL mode becomes RGB float in [0, 1]
-(L/LA/P/RGBA via RGBA composited on white; 16- and 32-bit integer greyscale scaled by 65535);
-then the image is resized (bilinear, antialiased) so that it covers the target size with its
-shorter side matching, and center-cropped to exactly (H, W).
+(L/LA/P/RGBA via RGBA composited on white; integer greyscale scaled by its type's maximum, 16-bit
+by 65535, 32-bit TIFF by 2^32 - 1 or 2^31 - 1; float greyscale taken as [0, 1]; EXIF orientation
+applied); then the image is resized (bilinear, antialiased) so that it covers the target size with
+its shorter side matching, and center-cropped to exactly (H, W). A file that cannot be read (empty,
+truncated, not an image, more pixels than ``gnri.images.MAX_PIXELS``) raises
+:class:`gnri.images.ImageError` (an OSError and a ValueError) in one line naming it: the harness
+records the entry as skipped with that reason.
 """
 
 from __future__ import annotations
