@@ -33,9 +33,12 @@ def test_world_model_reconstructs_a_heldout_scene_near_the_vae_ceiling(model, sc
 
 
 def test_world_dataset_is_deterministic_and_errors_are_clear(tmp_path) -> None:
-    first = world_dataset(max_images=2, cache_dir=tmp_path)
-    again = world_dataset(max_images=2, cache_dir=tmp_path)
-    assert [e.path.read_bytes() for e in first] == [e.path.read_bytes() for e in again]
+    # two independent renders into two caches (the same cache would compare a file with itself)
+    first = world_dataset(max_images=2, cache_dir=tmp_path / "a")
+    again = world_dataset(max_images=2, cache_dir=tmp_path / "b")
+    assert all(e.path.parent == tmp_path / "a" and f.path.parent == tmp_path / "b" for e, f in zip(first, again))
+    assert [e.path.read_bytes() for e in first] == [f.path.read_bytes() for f in again]
+    assert [e.path.name for e in first] == [f.path.name for f in again]
     assert all(e.caption and e.problem is None for e in first)
     with pytest.raises(FileNotFoundError, match="dataset.manifest"):
         world_dataset(manifest=tmp_path / "nope.jsonl")
