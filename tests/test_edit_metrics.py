@@ -28,15 +28,10 @@ from eval.records import RESULTS_FILE, read_records
 from eval.report.aggregate import aggregate
 from eval.report.edit_plots import edit_tradeoff, run_edit_grid
 from gnri.images import load_image
-from lpips_guard import in_ci, lpips_weights_missing
+from lpips_guard import lpips_expected
 from gnri.models.base import ScheduleSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def lpips_expected() -> bool:
-    """LPIPS must produce values: its weights are installed, or CI=true (where missing ones are a bug)."""
-    return lpips_weights_missing() is None or in_ci()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from eval.report.edit_plots import interpolation_strip
 from gnri.core import reconstruct
 from gnri.edit import interpolate, interpolation_weights, slerp
 from gnri.models.base import ScheduleSpec
-from lpips_guard import in_ci, lpips_weights_missing
+from lpips_guard import lpips_expected
 
 
 def test_slerp_endpoints_are_exact_and_the_arc_keeps_norms() -> None:
@@ -70,7 +70,7 @@ def test_interpolation_rows(tiny_sd_adapter, tmp_path) -> None:
     assert ok["interp_rms_step_max"] > 0 and math.isfinite(ok["interp_psnr_start"])
     lpips_rows = df[df["metric"].str.startswith("interp_lpips")]
     # "ok" whenever the LPIPS weights are installed, and always under CI=true (tests/lpips_guard.py)
-    want = {"ok"} if lpips_weights_missing() is None or in_ci() else {"unavailable"}
+    want = {"ok"} if lpips_expected() else {"unavailable"}
     assert set(lpips_rows["status"]) == want, lpips_rows[["metric", "status", "reason"]].to_dict("records")
     assert (tmp_path / "results.csv").exists()
     strip = interpolation_strip(torch.rand(3, 3, 16, 16), tmp_path / "strip.png", [0.0, 0.5, 1.0])
