@@ -193,6 +193,11 @@ def build_settings(cfg: DictConfig, run_dir: Path, cache_dir: Path | None, devic
     task_cfg = hyperparameters(cfg.task) if "task" in cfg else {}
     task = str(task_cfg.pop("name", "reconstruct"))
     dtype = cfg.dtype if cfg.dtype is not None else model_cfg.get("dtype", "unknown")
+    if dtype == "auto":
+        from eval.validate import adapter_family
+        from gnri.models import auto_dtype
+
+        dtype = auto_dtype(adapter_family(model_cfg) or "", device)
     reconstruct = task == "reconstruct"
     return RunSettings(
         schedule=build_schedule(cfg.schedule), inverter=str(choices.get("inverter")),
@@ -241,11 +246,12 @@ def validated_dataset(cfg: DictConfig) -> Any:
     names = {g: str(choices.get(g)) for g in ("model", "schedule", "inverter", "dataset")}
     try:
         validate.check_inverter(names["inverter"], str(cfg.inverter._target_), hyperparameters(cfg.inverter))
+        validate.check_model_config(names["model"], cfg.model)
         try:
             schedule = build_schedule(cfg.schedule)
         except (ValueError, TypeError) as err:
             raise validate.ConfigError(f"schedule={names['schedule']}: {err}") from None
-        model_cfg = OmegaConf.to_container(cfg.model, resolve=False)
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         validate.check_schedule(names["model"], model_cfg, names["schedule"], schedule.kind)  # type: ignore[arg-type]
         validate.check_dataset_config(names["dataset"], cfg.dataset)
         try:

@@ -105,13 +105,37 @@ def check_inverter(name: str, target: str, params: Mapping[str, Any]) -> None:
             raise ConfigError(f"inverter={name}: inverter.{key}={value!r} {problem}")
 
 
-def model_family(model_cfg: Mapping[str, Any]) -> str | None:
-    """``vp`` or ``flow`` from a model config without loading it (None: cannot tell)."""
+def adapter_family(model_cfg: Mapping[str, Any]) -> str | None:
+    """``sd``, ``sdxl`` or ``flux`` from a model config without loading it (a local folder's
+    ``model_index.json`` when the config names a ``path``; None: cannot tell)."""
     for key in ("family", "model"):
         value = model_cfg.get(key)
         if isinstance(value, str) and value in FAMILY_OF:
-            return FAMILY_OF[value]
+            return value
+    path = model_cfg.get("path")
+    if isinstance(path, str) and path and path != "???":
+        from gnri.models import folder_family
+
+        try:
+            return folder_family(path)
+        except (OSError, ValueError) as err:
+            raise ConfigError(str(err)) from None
     return None
+
+
+def model_family(model_cfg: Mapping[str, Any]) -> str | None:
+    """``vp`` or ``flow`` from a model config without loading it (None: cannot tell)."""
+    family = adapter_family(model_cfg)
+    return FAMILY_OF[family] if family else None
+
+
+def check_model_config(model_name: str, model_cfg: Any) -> None:
+    """A required ``model.path`` that is missing, or a local folder that is not a pipeline."""
+    from omegaconf import OmegaConf
+
+    if "path" in model_cfg.keys() and OmegaConf.is_missing(model_cfg, "path"):
+        raise ConfigError(f"model={model_name} needs model.path=<a local diffusers pipeline folder>")
+    adapter_family(OmegaConf.to_container(model_cfg, resolve=True))  # type: ignore[arg-type]
 
 
 def check_schedule(model_name: str, model_cfg: Mapping[str, Any], schedule_name: str, kind: str) -> None:

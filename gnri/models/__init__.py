@@ -25,6 +25,46 @@ def adapter_class(family: str) -> Any:
     return __getattr__(_FAMILY_CLASS[family])
 
 
+# A diffusers pipeline class (model_index.json's _class_name) -> the adapter family that runs it.
+PIPELINE_FAMILIES = {
+    "StableDiffusionPipeline": "sd", "StableDiffusionImg2ImgPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl", "FluxPipeline": "flux", "FluxImg2ImgPipeline": "flux",
+}
+# The half precision each family runs in on a GPU (what its published weights are used in).
+GPU_DTYPES = {"sd": "float16", "sdxl": "float16", "flux": "bfloat16"}
+
+
+def folder_family(path: str | Path) -> str:
+    """``sd``, ``sdxl`` or ``flux`` from a local diffusers folder's ``model_index.json``."""
+    import json
+
+    index = Path(path).expanduser() / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"model.path: {str(index)!r} not found (a diffusers pipeline folder has one)")
+    try:
+        name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"model.path: cannot read {index}: {err}") from None
+    if name not in PIPELINE_FAMILIES:
+        raise ValueError(f"model.path: {index} names pipeline {name!r}; supported: {', '.join(PIPELINE_FAMILIES)}")
+    return PIPELINE_FAMILIES[name]
+
+
+def auto_dtype(family: str, device: str | Any) -> str:
+    """``float32`` on a CPU (half precision there is slow and lossy), else the family's half precision."""
+    return "float32" if str(device).split(":")[0] in ("cpu", "mps") else GPU_DTYPES.get(family, "float32")
+
+
+def load_local(path: str | Path, name: str | None = None, device: str = "cpu", dtype: str = "auto",
+               **options: Any) -> ModelAdapter:
+    """Any local diffusers folder: the family and pipeline class come from its ``model_index.json``,
+    the dtype from the device (``auto``), the image size from the checkpoint's own config."""
+    family = folder_family(path)
+    resolved = auto_dtype(family, device) if dtype == "auto" else dtype
+    return load_adapter(family, str(Path(path).expanduser()), name=name or Path(path).expanduser().resolve().name,
+                        device=device, dtype=resolved, **options)
+
+
 def load_adapter(family: str, pretrained: Any, allow_pickle: bool = False, **options: Any) -> ModelAdapter:
     """Adapter for ``family`` from a hub name / local folder (``from_pretrained``) or a pipeline
     object (``from_pipeline``). ``options``: ``device``, ``dtype``, ``name``, ``image_size``,
@@ -33,6 +73,8 @@ def load_adapter(family: str, pretrained: Any, allow_pickle: bool = False, **opt
     only pickle weights is refused before loading, a hub id gets ``use_safetensors=True``,
     unless ``allow_pickle`` (``model.allow_pickle=true``; see :mod:`gnri.models.weights`)."""
     cls = adapter_class(family)
+    if options.get("dtype") == "auto":
+        options["dtype"] = auto_dtype(family, options.get("device", "cpu"))
     if pretrained is None:
         raise ValueError(f"model.pretrained must be a hub name, a local folder or a {family} pipeline, got None")
     if isinstance(pretrained, (str, Path)):
@@ -50,5 +92,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "FAMILIES", "SCHEDULE_KINDS", "FluxAdapter", "ModelAdapter", "SDAdapter", "SDXLAdapter", "ScheduleKind",
-    "ScheduleSpec", "adapter_class", "load_adapter",
+    "ScheduleSpec", "adapter_class", "auto_dtype", "folder_family", "load_adapter", "load_local",
 ]

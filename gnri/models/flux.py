@@ -166,7 +166,7 @@ class FluxAdapter:
         (see :meth:`gnri.models.sd.SDAdapter.from_pretrained`)."""
         torch_dtype = resolve_dtype(dtype)
         safe = safe_load_kwargs(pretrained, allow_pickle)
-        pipe = FluxPipeline.from_pretrained(str(pretrained), torch_dtype=torch_dtype, variant=variant, **safe)
+        pipe = FluxPipeline.from_pretrained(str(pretrained), dtype=torch_dtype, variant=variant, **safe)
         options.setdefault("name", Path(str(pretrained)).name)
         return cls(pipe, device=device, dtype=torch_dtype, **options)
 

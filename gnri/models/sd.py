@@ -149,7 +149,7 @@ class SDAdapter:
         torch_dtype = resolve_dtype(dtype)
         safe = safe_load_kwargs(pretrained, allow_pickle)
         pipe = cls.pipeline_class.from_pretrained(
-            str(pretrained), torch_dtype=torch_dtype, variant=variant, **safe, **cls._load_kwargs()
+            str(pretrained), dtype=torch_dtype, variant=variant, **safe, **cls._load_kwargs()
         )
         options.setdefault("name", Path(str(pretrained)).name)
         return cls(pipe, device=device, dtype=torch_dtype, **options)
