@@ -48,6 +48,8 @@ PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("recon_psnr", "recon PSNR (dB)", "{:.2f}"),
     (TIME_TOTAL, "time (s)", "{:.3g}"),
     ("time_invert_s", "invert (s)", "{:.3g}"),
+    ("time_network_call_s", "network call (s)", "{:.3g}"),
+    ("overhead_ratio", "x network", "{:.3g}"),
     ("time_edit_s", "edit (s)", "{:.3g}"),
     ("nfe_forward", "NFE", "{:.4g}"),
     ("nfe_backward", "VJP", "{:.4g}"),
@@ -62,6 +64,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "clip_score": (0.0, 100.0), "clip_whole": (0.0, 100.0), "clip_edited": (0.0, 100.0),
     "psnr": (0.0, math.inf), "psnr_vae_ceiling": (0.0, math.inf), "bg_psnr": (0.0, math.inf),
     "recon_psnr": (0.0, math.inf), "latent_rmse": (0.0, math.inf), "latent_var": (0.0, math.inf),
+    "overhead_ratio": (0.0, math.inf),
 }
 NONNEGATIVE_PREFIXES = ("time_", "nfe_", "lpips", "bg_lpips", "bg_mse", "residual_", "peak_memory")
 RATE_SUFFIXES = ("_rate", "_success", "_fraction")
@@ -310,6 +313,10 @@ def paper_markdown(records: pd.DataFrame, title: str | None = None) -> str:
     if notes:
         parts += ["Notes:", *notes, ""]
     parts.append(f"Mean ± {int(CI_LEVEL * 100)}% confidence interval over images (Student t). {BOLD_RULE}")
+    if "overhead_ratio" in wide.columns:
+        parts.append("`network call`: the bare network's seconds per forward pass, timed in the same run the same "
+                     "way; `x network`: inversion time / (NFE x network call + VJP x network backward): 1 is the "
+                     "network alone, the rest is the method's and the harness's own cost.")
     return "\n".join(parts) + "\n"
 
 
