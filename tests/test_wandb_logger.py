@@ -85,3 +85,15 @@ def test_logger_configs_build_the_logger(tmp_path: Path) -> None:
         cfg.dir = str(tmp_path)  # ${hydra:runtime.output_dir} resolves only inside a Hydra run
         logger = instantiate(cfg)
         assert isinstance(logger, WandbLogger) and logger.mode == mode and logger.run is None
+
+
+def test_image_names_and_keys_stay_flat() -> None:
+    from pathlib import Path as _Path
+
+    from eval.loggers.wandb_logger import image_key
+    from eval.report.plots import image_file_name
+
+    assert image_file_name("cat.png") == "cat.png" and image_file_name("dir/dog.jpg") == "dir__dog.jpg.png"
+    assert image_key(_Path("images/source/cat.png")) == "images/source/cat"
+    assert image_key(_Path("plots/quality_vs_time.png")) == "images/plots/quality_vs_time"
+    assert image_key(_Path("grid.png")).count("/") == 2

@@ -47,6 +47,12 @@ def _config_from(rows: pd.DataFrame) -> dict[str, Any]:
     return config
 
 
+def image_key(relative: Path) -> str:
+    """A PNG's W&B key, two levels at most: ``images/<folder>/<name>`` (``images/source/cat``)."""
+    folder = relative.parent.name or "run"
+    return f"images/{folder}/{relative.stem}"
+
+
 @dataclass
 class WandbLogger:
     """A :class:`~eval.records.RunLogger` writing to W&B. ``mode``: disabled | offline | online."""
@@ -126,7 +132,7 @@ class WandbLogger:
         if self.log_images and run_dir.is_dir():
             for png in sorted(run_dir.rglob("*.png")):
                 if "wandb" not in png.relative_to(run_dir).parts:
-                    data[f"images/{png.relative_to(run_dir).with_suffix('').as_posix()}"] = wandb.Image(str(png))
+                    data[image_key(png.relative_to(run_dir))] = wandb.Image(str(png))
         run.log(data)
         run.finish()
         self._run = None

@@ -206,8 +206,10 @@ def image_grid(
 
 
 def image_file_name(image_id: str) -> str:
-    """File name of an image id in a run's image folders (``/`` in ids becomes ``__``)."""
-    return str(image_id).replace("/", "__").replace("\\", "__") + ".png"
+    """File name of an image id in a run's image folders (``/`` in ids becomes ``__``; an id that
+    already ends in ``.png`` keeps its one suffix)."""
+    name = str(image_id).replace("/", "__").replace("\\", "__")
+    return name if name.lower().endswith(".png") else name + ".png"
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
