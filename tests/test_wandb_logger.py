@@ -29,7 +29,7 @@ def offline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_wandb_offline_writes_run_folder_with_config_tables_and_images(offline_env: Path) -> None:
+def test_wandb_offline_writes_run_folder_with_config_tables_and_images(offline_env: Path, capsys) -> None:
     records = make_records(n_images=2)
     run_dir = offline_env / "run"
     run_dir.mkdir()
@@ -42,6 +42,8 @@ def test_wandb_offline_writes_run_folder_with_config_tables_and_images(offline_e
     assert logger.run.config["provenance"]["git_commit"] == records["git_commit"].iloc[0]
     logger.finish(records, run_dir, "# summary\n| a | b |")
     assert logger.run is None
+    told = capsys.readouterr().out
+    assert "wandb: offline run in " in told and "upload it with: wandb sync " in told
     import wandb
 
     wandb.teardown()  # stop the W&B service so the offline run log is fully flushed before reading it

@@ -134,5 +134,8 @@ class WandbLogger:
                 if "wandb" not in png.relative_to(run_dir).parts:
                     data[image_key(png.relative_to(run_dir))] = wandb.Image(str(png))
         run.log(data)
+        folder = Path(run.dir).parent if getattr(run, "dir", None) else None
         run.finish()
         self._run = None
+        if self.mode == "offline" and folder is not None:
+            print(f"wandb: offline run in {folder}; upload it with: wandb sync {folder}", flush=True)
