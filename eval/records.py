@@ -220,6 +220,23 @@ def one_line(text: str) -> str:
     return " ".join(text.split()) if ("\n" in text or "\r" in text) else text
 
 
+def label_checkpoints(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with ``model`` made ``<model> (<checkpoint>)`` wherever one model name covers rows
+    of more than one checkpoint, so two checkpoints run under one config name are never averaged
+    into one row (rows of one checkpoint keep their name as it is)."""
+    if df.empty or "checkpoint" not in df.columns:
+        return df
+    named = df["checkpoint"].astype(str).ne("")
+    counts = df[named].groupby("model")["checkpoint"].nunique()
+    mixed = set(counts[counts > 1].index)
+    if not mixed:
+        return df
+    out = df.copy()
+    hit = out["model"].isin(mixed) & named
+    out.loc[hit, "model"] = out.loc[hit, "model"].astype(str) + " (" + out.loc[hit, "checkpoint"].astype(str) + ")"
+    return out
+
+
 def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Rows -> DataFrame with exactly :data:`COLUMNS`."""
     return pd.DataFrame(list(rows), columns=list(COLUMNS))

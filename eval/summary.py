@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from eval.records import label_checkpoints
+
 GROUP = ["model", "schedule", "inverter"]
 SUMMARY_FILE = "summary.md"
 TINY_PREFIX = "tiny"
@@ -47,7 +49,9 @@ def tiny_banner(df: pd.DataFrame) -> str | None:
 
 
 def means_table(df: pd.DataFrame) -> str:
-    """Mean (n) of every metric over ok rows, one row per model/schedule/inverter."""
+    """Mean (n) of every metric over ok rows, one row per model/schedule/inverter (a model name
+    covering several checkpoints is split by checkpoint)."""
+    df = label_checkpoints(df)
     metrics = list(dict.fromkeys(df["metric"]))
     better = df.drop_duplicates("metric").set_index("metric")["higher_is_better"].to_dict()
     ok = df[df["status"] == "ok"]

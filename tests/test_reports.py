@@ -168,3 +168,20 @@ def test_a_job_run_again_into_its_folder_supersedes_the_first_run(tmp_path: Path
     assert set(combined["run_id"]) == {"20260102-000000-bbbbbb"} and len(combined) == len(new)
     psnr = combined[combined["metric"] == "psnr"]["value"].to_numpy()
     np.testing.assert_allclose(psnr, new[new["metric"] == "psnr"]["value"].to_numpy())
+
+
+def test_two_checkpoints_under_one_config_name_are_two_rows() -> None:
+    from eval.report.tables import summarize as table_summary
+    from eval.summary import means_table
+
+    records = make_records(n_images=3)
+    one = records[records["model"] == records["model"].iloc[0]].copy()
+    first = one["image"] == one["image"].iloc[0]
+    one["checkpoint"] = "folder_a@11111111"
+    one.loc[first, "checkpoint"] = "folder_b@22222222"
+    models = set(table_summary(one)["model"])
+    name = records["model"].iloc[0]
+    assert models == {f"{name} (folder_a@11111111)", f"{name} (folder_b@22222222)"}
+    assert f"{name} (folder_b@22222222)" in means_table(one)
+    one["checkpoint"] = "folder_a@11111111"
+    assert set(table_summary(one)["model"]) == {name}  # one checkpoint: the name as it is

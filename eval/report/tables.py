@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from eval.records import label_checkpoints
 from eval.summary import tiny_banner
 
 CI_LEVEL = 0.95
@@ -142,8 +143,9 @@ def _label_column(records: pd.DataFrame, key: str, sources: Sequence[str]) -> pd
 
 
 def label_methods(records: pd.DataFrame) -> pd.DataFrame:
-    """Copy of ``records`` with ``method`` and ``setting`` columns (see module docstring)."""
-    out = records.copy()
+    """Copy of ``records`` with ``method`` and ``setting`` columns (see module docstring); a model
+    name that covers several checkpoints is split by checkpoint (:func:`eval.records.label_checkpoints`)."""
+    out = label_checkpoints(records).copy()
     if out.empty:
         out["method"], out["setting"] = pd.Series(dtype=str), pd.Series(dtype=str)
         return out
