@@ -18,8 +18,9 @@ relative ridge ``regularization`` on the Gram matrix. ``tol`` stops when every s
 of ``z - f(z)`` is at most ``tol`` and returns the evaluated ``G``.
 
 Against ``baselines.anderson`` (AIDI-A, Pan et al. 2023): the same Anderson update on the same
-map; with ``output='g'`` and ``lam = 0`` the two give identical latents (checked on the tiny
-models). The differences are the returned latent (the extrapolated ``z_{max_iters}``, which
+map; with ``output='g'`` and ``lam = 0`` the two give identical latents for eps- and
+flow-prediction networks (tests/test_oracles_gnri.py); for a v-prediction network (or the
+Gaussian toy) their first predictions use different level scales and the latents differ. The differences are the returned latent (the extrapolated ``z_{max_iters}``, which
 costs nothing more), the optional GNRI prior, and ``tol``.
 
 Measured (``scripts/bench_gnri.py --latents randn``, tiny random-weight models, 4 unit-normal
