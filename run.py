@@ -206,7 +206,8 @@ def build_settings(cfg: DictConfig, run_dir: Path, cache_dir: Path | None, devic
         task_params=task_cfg, metrics=tuple(metric_cfg["names"]) if reconstruct else (),
         metric_options=dict(metric_cfg.get("options") or {}) if reconstruct else {},
         device=device, dtype=str(dtype), seed=cfg.seed, guidance_scale=cfg.guidance_scale, warmup=cfg.warmup,
-        repeats=cfg.repeats, max_images=cfg.max_images, progress=cfg.progress, out_dir=run_dir,
+        repeats=cfg.repeats, time_network=bool(cfg.get("time_network", True)), max_images=cfg.max_images,
+        progress=cfg.progress, out_dir=run_dir,
         cache_dir=cache_dir, resume=bool(cfg.get("resume", True)), config=OmegaConf.to_container(cfg, resolve=True),
     )
 

@@ -56,7 +56,6 @@ from eval.records import (
     provenance,
     write_provenance,
 )
-from eval.report.plots import save_run_images
 from eval.settings import RunSettings, settings_from_kwargs
 from eval.timing import NetworkTimes, PeakMemory, bare_network_times, time_call
 from eval.units import Unit, plan_units
@@ -275,6 +274,9 @@ def _rows_for(run: _Run, unit: Unit) -> list[dict[str, Any]]:
         log.exception("image %s failed", entry.image_id)
         status, reason = "failed", f"{type(err).__name__}: {_one_line(err)}"
     info = run.info if run.info is not None else _fallback_info(run)
+    if status == "ok":  # an ok row's reason carries a warning about its input (e.g. a truncated caption)
+        check = getattr(run.adapter, "prompt_warning", None)
+        reason = entry.warning or (check(entry.caption) if callable(check) and entry.caption else None) or ""
     names = run.metric_names + list(HARNESS_METRICS)
     better = {m.name: m.higher_is_better for m in run.metrics} | HARNESS_METRICS
     rows = []
@@ -377,7 +379,8 @@ def _measure(run: _Run, entry: Entry) -> dict[str, Any]:
         run.warmed = True
     if run.network is None:
         warn_if_loaded("start of the timed work")
-        run.network = _network_times(run, img, device)
+        run.network = (_network_times(run, img, device) if run.settings.time_network
+                       else NetworkTimes(None, None, "time_network=false"))
 
     def invert_once() -> InversionResult:
         counting.counter.reset()
@@ -401,6 +404,8 @@ def _measure(run: _Run, entry: Entry) -> dict[str, Any]:
         decoded = run.adapter.decode_latents(z_rec)
     _check_finite(decoded, "decoding")
     if run.settings.out_dir is not None:
+        from eval.report.plots import save_run_images  # matplotlib: only when an image is computed
+
         save_run_images(Path(run.settings.out_dir), entry.image_id, img.pixels, decoded)
     normality = LatentGaussianity()(result.z)
     values: dict[str, Any] = {

@@ -17,7 +17,7 @@ Columns (:data:`COLUMNS`, in this order):
   ``caption``: the prompt used for inversion and reconstruction (line breaks become spaces:
   a row is one line, so a torn last line is always detectable);
 - ``metric``, ``value`` (float; NaN unless status is ok), ``status`` (:data:`STATUSES`),
-  ``reason`` (empty when ok), ``higher_is_better`` (bool);
+  ``reason`` (empty when ok, or a warning about the input such as a truncated caption), ``higher_is_better`` (bool);
 - run settings: ``num_steps`` (grid steps actually inverted, after ``strength``),
   ``guidance_scale`` (inversion/reconstruction CFG), ``seed``;
 - provenance (:func:`provenance`, identical on every row of a run, also in

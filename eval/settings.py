@@ -48,6 +48,7 @@ class RunSettings:
     guidance_scale: float = 1.0
     warmup: int = 1
     repeats: int = 1
+    time_network: bool = True  # time the bare network once per run (eval.timing.bare_network_times)
     max_images: int | None = None
     progress: bool = True
     out_dir: Path | None = None

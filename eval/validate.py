@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
-from gnri.models.schedules import FLOW_KINDS, VP_KINDS
+from gnri.models.base import FLOW_KINDS, VP_KINDS
 
 
 class ConfigError(ValueError):

@@ -353,7 +353,7 @@ def test_every_bad_input_is_a_row_and_the_sweep_goes_on(tmp_path: Path, tiny_sd_
     (tmp_path / "captions.jsonl").write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines))
     entries = folder_dataset(tmp_path)
     table = evaluate(tiny_sd_adapter, ScheduleSpec("ddim", 1), invert, "ddim", entries, build_metrics(["psnr"]),
-                     max_images=None, progress=False, warmup=0)
+                     max_images=None, progress=False, warmup=0, time_network=False)
     assert set(table["image"]) == {e.image_id for e in entries}
     per_image = table.groupby("image", sort=False)
     assert per_image.size().nunique() == 1  # every entry got all its rows

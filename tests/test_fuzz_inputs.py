@@ -147,7 +147,7 @@ def run_harness(tiny_sd_adapter):
 
     def run(entries):
         return evaluate(tiny_sd_adapter, ScheduleSpec("ddim", 1), invert, "ddim", entries, metrics,
-                        max_images=None, progress=False, warmup=0)
+                        max_images=None, progress=False, warmup=0, time_network=False)
 
     return run
 

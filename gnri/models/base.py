@@ -15,6 +15,8 @@ from gnri.core import Conditioning, Denoiser, Grid, Tensor
 
 ScheduleKind = Literal["ddim", "euler", "euler_ancestral", "flow_euler"]
 SCHEDULE_KINDS = ("ddim", "euler", "euler_ancestral", "flow_euler")
+VP_KINDS = ("ddim", "euler", "euler_ancestral")  # the kinds a VP model (SD, SDXL) can use
+FLOW_KINDS = ("flow_euler",)  # the kinds a rectified-flow model (Flux) can use
 
 
 @dataclass(frozen=True)

@@ -50,10 +50,7 @@ from diffusers import (
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
 from gnri.core import Grid, Level, Tensor
-from gnri.models.base import ScheduleSpec
-
-VP_KINDS = ("ddim", "euler", "euler_ancestral")
-FLOW_KINDS = ("flow_euler",)
+from gnri.models.base import FLOW_KINDS, VP_KINDS, ScheduleSpec
 Family = Literal["vp", "flow"]
 
 
