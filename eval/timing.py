@@ -114,7 +114,7 @@ class NetworkTimes:
 
 def bare_network_times(
     denoiser: object, z: torch.Tensor, level: object, cond: object, device: torch.device,
-    *, backward: bool = False, warmup: int = 2, repeats: int = 5,
+    *, backward: bool = False, warmup: int = 3, repeats: int = 20,
 ) -> NetworkTimes:
     """Time the network alone the way methods are timed: the same inputs (prepared once, outside
     the clock), dtype and attention backend, ``warmup`` untimed calls, device synchronised,

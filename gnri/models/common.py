@@ -84,8 +84,16 @@ def batched(tensor: Tensor, batch: int, key: str) -> Tensor:
 
 
 def stack_branches(parts: list[dict[str, Tensor]], key: str, batch: int, dtype: torch.dtype) -> Tensor:
-    """Concatenate ``key`` over the branches (each broadcast to ``batch``) in ``dtype``."""
+    """Concatenate ``key`` over the branches (each broadcast to ``batch``) in ``dtype`` (one branch:
+    no copy unless the dtype differs)."""
+    if len(parts) == 1:
+        return batched(parts[0][key], batch, key).to(dtype)
     return torch.cat([batched(p[key], batch, key) for p in parts]).to(dtype)
+
+
+def repeat_branches(z: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """``z`` once per guidance branch, in the network's dtype (one branch: no copy)."""
+    return (z if n == 1 else torch.cat([z] * n)).to(dtype)
 
 
 def bare_call(network: Any, inputs: dict[str, Any], latent_key: str, grad: bool = False) -> Any:

@@ -23,6 +23,7 @@ from diffusers import FluxPipeline
 from gnri.core import Conditioning, Grid, Level, Prediction, Tensor
 from gnri.models.base import ScheduleSpec
 from gnri.models.common import (
+    repeat_branches,
     bare_call,
     branches,
     freeze,
@@ -82,7 +83,7 @@ class FluxDenoiser:
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((n,), float(self.guidance), device=z.device, dtype=torch.float32)
         return {
-            "hidden_states": torch.cat([z] * len(parts)).to(dtype),
+            "hidden_states": repeat_branches(z, len(parts), dtype),
             "timestep": torch.full((n,), level.t, device=z.device, dtype=torch.float32).to(dtype),
             "guidance": guidance,
             "pooled_projections": stack_branches(parts, "pooled_prompt_embeds", batch, dtype),

@@ -19,6 +19,7 @@ from diffusers import StableDiffusionPipeline
 from gnri.core import Conditioning, Grid, Level, Prediction, Tensor
 from gnri.models.base import ScheduleSpec
 from gnri.models.common import (
+    repeat_branches,
     PREDICTION_TYPES,
     bare_call,
     branches,
@@ -65,7 +66,7 @@ class UNetDenoiser:
         if ADDED_COND_KEYS[0] in parts[0]:
             added = {k: stack_branches(parts, k, batch, dtype) for k in ADDED_COND_KEYS}
         return {
-            "sample": torch.cat([z] * len(parts)).to(dtype),
+            "sample": repeat_branches(z, len(parts), dtype),
             "timestep": torch.tensor(level.t, dtype=torch.float32, device=z.device),
             "encoder_hidden_states": stack_branches(parts, "prompt_embeds", batch, dtype),
             "added_cond_kwargs": added, "return_dict": False,
