@@ -95,6 +95,7 @@ class _Image:
     ceiling_psnr: float
     cond: Conditioning
     grid: Grid
+    key: dict[str, Any] = field(default_factory=dict)  # the image's cache key fields
 
 
 @dataclass
@@ -338,7 +339,7 @@ def _prepare(run: _Run, entry: Entry) -> _Image:
     with torch.no_grad():
         grid = adapter.grid(s.schedule, tuple(latent.shape))
     run.stages["prepare_s"] += time.perf_counter() - start
-    return _Image(pixels, latent, ceiling, cond, grid)
+    return _Image(pixels, latent, ceiling, cond, grid, image_key)
 
 
 def _file_key(entry: Entry) -> str:
@@ -423,7 +424,7 @@ def _measure(run: _Run, entry: Entry) -> dict[str, Any]:
         **_overhead(run.network, inverted.median_s, nfe_forward, nfe_backward),
         **{name: normality[name][0].item() for name in GAUSSIANITY_ROWS},
     }
-    values.update(_image_metrics(run, decoded, img.pixels, entry.caption))
+    values.update(_image_metrics(run, decoded, img.pixels, entry.caption, img.key))
     return values
 
 
@@ -466,8 +467,23 @@ def _check_finite(z: Tensor, stage: str) -> None:
         raise _Fail(f"diverged: non-finite {'image' if stage == 'decoding' else 'latent'} after {stage}")
 
 
+def _metric_value(run: _Run, metric: ImageMetric, decoded: Tensor, pixels: Tensor, caption: str,
+                  image_key: dict[str, Any] | None) -> Tensor:
+    """One metric's values; a metric with ``reference_features``/``score_with`` (LPIPS) gets the
+    method-free half (the source image's features) from the shared cache."""
+    reference = getattr(metric, "reference_features", None)
+    if reference is None or run.cache.root is None or image_key is None:
+        return metric(decoded, pixels, [caption])
+    key = {**image_key, "metric": metric.name, "options": dict(run.settings.metric_options.get(metric.name) or {})}
+    hit = run.cache.get("metric", key, decoded.device)
+    features = hit[0] if hit is not None else reference(pixels, [caption])
+    if hit is None:
+        run.cache.put("metric", key, features)
+    return metric.score_with(decoded, features, [caption])  # type: ignore[attr-defined]
+
+
 def _image_metrics(
-    run: _Run, decoded: Tensor, pixels: Tensor, caption: str | None
+    run: _Run, decoded: Tensor, pixels: Tensor, caption: str | None, image_key: dict[str, Any] | None = None
 ) -> dict[str, float | str]:
     """Each available metric's value, or its failure reason (one metric never sinks the rest)."""
     out: dict[str, float | str] = {}
@@ -476,7 +492,7 @@ def _image_metrics(
             continue
         try:
             with torch.no_grad():
-                out[metric.name] = float(metric(decoded, pixels, [caption or ""])[0].item())
+                out[metric.name] = float(_metric_value(run, metric, decoded, pixels, caption or "", image_key)[0].item())
         except Exception as err:  # noqa: BLE001
             log.exception("metric %s failed", metric.name)
             out[metric.name] = f"{type(err).__name__}: {_one_line(err)}"

@@ -79,3 +79,55 @@ def test_a_second_job_reuses_the_first_jobs_encodings(tmp_path: Path) -> None:
     drop = ["unit_key", "inverter"]
     pd.testing.assert_frame_equal(non_timing(second).drop(columns=drop), non_timing(plain).drop(columns=drop))
     pd.testing.assert_frame_equal(non_timing(first).drop(columns=drop), non_timing(plain).drop(columns=drop))
+
+
+def test_lpips_from_cached_reference_features_equals_the_full_call() -> None:
+    from eval.metrics.lpips_metric import LPIPS
+    from lpips_guard import require_lpips_weights  # noqa: E402
+
+    require_lpips_weights()
+    gen = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(2, 3, 64, 48, generator=gen), torch.rand(2, 3, 64, 48, generator=gen)
+    for net in ("alex", "vgg"):
+        metric = LPIPS(net=net)
+        full = metric(pred, target)
+        split = metric.score_with(pred, metric.reference_features(target))
+        assert torch.allclose(split, full, rtol=1e-5, atol=1e-6), (net, split, full)
+        assert not torch.allclose(metric.score_with(pred, metric.reference_features(pred)), full)
+
+
+class SplitMetric:
+    """A metric with a method-free half, counting how often each half runs."""
+
+    name, higher_is_better = "split", True
+
+    def __init__(self) -> None:
+        self.references = 0
+
+    def unavailable_reason(self):
+        return None
+
+    def __call__(self, pred, target, prompts=None):
+        return (pred - target).abs().flatten(1).mean(1)
+
+    def reference_features(self, target, prompts=None):
+        self.references += 1
+        return {"target": target}
+
+    def score_with(self, pred, features, prompts=None):
+        return (pred - features["target"]).abs().flatten(1).mean(1)
+
+
+def test_a_second_job_reuses_the_metrics_reference_features(tmp_path: Path) -> None:
+    entries = sample_dataset()[:2]
+    tables, metrics = [], []
+    for name in ("first", "second"):
+        metric = SplitMetric()
+        tables.append(evaluate(ToyAdapter(), ScheduleSpec(num_steps=3), ScriptedInverter(), name, entries, [metric],
+                               out_dir=tmp_path / name, cache_dir=tmp_path / "cache", warmup=0, progress=False))
+        metrics.append(metric)
+    assert metrics[0].references == 2 and metrics[1].references == 0
+    plain = evaluate(ToyAdapter(), ScheduleSpec(num_steps=3), ScriptedInverter(), "second", entries, [SplitMetric()],
+                     out_dir=tmp_path / "plain", warmup=0, progress=False)
+    value = lambda df: df[df["metric"] == "split"]["value"].tolist()  # noqa: E731
+    assert value(tables[1]) == value(plain)

@@ -284,3 +284,30 @@ class LPIPS:
             raise RuntimeError(f"lpips unavailable: {reason}")
         model = self._model.to(pred.device)  # type: ignore[union-attr]
         return model(pred.float() * 2 - 1, target.float() * 2 - 1).reshape(-1)
+
+    @torch.no_grad()
+    def reference_features(self, target: Tensor, prompts: list[str] | None = None) -> dict[str, Tensor]:
+        """The target's unit-normalised feature maps (what ``lpips.LPIPS.forward`` computes for
+        its second input): the part of the distance that does not depend on the method, which the
+        harness caches per image and shares across every inverter of a sweep."""
+        self(target, target)  # the same input checks and availability as a full call
+        model = self._model.to(target.device)  # type: ignore[union-attr]
+        outs = model.net.forward(model.scaling_layer(target.float() * 2 - 1))
+        import lpips
+
+        return {f"layer{k}": lpips.normalize_tensor(outs[k]) for k in range(model.L)}
+
+    @torch.no_grad()
+    def score_with(self, pred: Tensor, features: dict[str, Tensor], prompts: list[str] | None = None) -> Tensor:
+        """The distance of ``pred`` to the target of :meth:`reference_features`; equal to
+        ``self(pred, target)`` (the rest of ``lpips.LPIPS.forward``, version 0.1, non-spatial)."""
+        import lpips
+        from lpips.lpips import spatial_average
+
+        model = self._model.to(pred.device)  # type: ignore[union-attr]
+        outs = model.net.forward(model.scaling_layer(pred.float() * 2 - 1))
+        total: Tensor | float = 0.0
+        for k in range(model.L):
+            diff = (lpips.normalize_tensor(outs[k]) - features[f"layer{k}"].to(pred.device)) ** 2
+            total = total + spatial_average(model.lins[k](diff), keepdim=True)
+        return total.reshape(-1)  # type: ignore[union-attr]
