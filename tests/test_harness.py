@@ -288,3 +288,18 @@ def test_rows_record_the_machine_and_a_loaded_cpu_warns(tmp_path: Path, monkeypa
     assert "load average 99.0 exceeds" in caplog.text
     monkeypatch.setattr(machine.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert not machine.warn_if_loaded("end")
+
+
+class NaNDecoder(ToyAdapter):
+    """The toy model whose decoder overflows: the latent is finite, the image is not."""
+
+    def decode_latents(self, latents):
+        return super().decode_latents(latents) * math.nan
+
+
+def test_a_non_finite_image_after_decoding_is_a_failed_row_not_a_number(tmp_path: Path) -> None:
+    df = evaluate(NaNDecoder(), ScheduleSpec(num_steps=3), ScriptedInverter(), "scripted", sample_dataset()[:1],
+                  build_metrics(["psnr"]), warmup=0, progress=False, cache_dir=None)
+    psnr_rows = df[df["metric"] == "psnr"]
+    assert (psnr_rows["status"] == "failed").all() and psnr_rows["value"].isna().all()
+    assert psnr_rows["reason"].str.contains("diverged: non-finite image after decoding").all()
