@@ -303,3 +303,13 @@ def test_a_non_finite_image_after_decoding_is_a_failed_row_not_a_number(tmp_path
     psnr_rows = df[df["metric"] == "psnr"]
     assert (psnr_rows["status"] == "failed").all() and psnr_rows["value"].isna().all()
     assert psnr_rows["reason"].str.contains("diverged: non-finite image after decoding").all()
+
+
+def test_a_really_diverging_configuration_gives_failed_rows(tiny_sd_adapter) -> None:
+    from baselines import gradient_descent
+
+    diverging = functools.partial(gradient_descent.invert, step_size=1e30, max_iters=3, warmup_iters=0)
+    df = evaluate(tiny_sd_adapter, ScheduleSpec("ddim", 2), diverging, "gradient_descent", sample_dataset()[:1],
+                  build_metrics(["psnr"]), warmup=0, progress=False, time_network=False)
+    assert (df["status"] == "failed").all() and df["value"].isna().all()
+    assert df["reason"].str.startswith("diverged: non-finite latent after inversion").all()
