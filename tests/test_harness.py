@@ -313,3 +313,14 @@ def test_a_really_diverging_configuration_gives_failed_rows(tiny_sd_adapter) -> 
                   build_metrics(["psnr"]), warmup=0, progress=False, time_network=False)
     assert (df["status"] == "failed").all() and df["value"].isna().all()
     assert df["reason"].str.startswith("diverged: non-finite latent after inversion").all()
+
+
+def test_a_truncated_caption_is_an_ok_row_with_the_warning(tiny_sd_adapter) -> None:
+    good = sample_dataset()[0]
+    long = Entry(good.image_id, good.path, " ".join(["a red circle on a blue background"] * 20))
+    df = evaluate(tiny_sd_adapter, ScheduleSpec("ddim", 2), ddim.invert, "ddim", [long, sample_dataset()[1]],
+                  build_metrics(["psnr"]), warmup=0, progress=False, time_network=False)
+    first, second = df[df["image"] == good.image_id], df[df["image"] != good.image_id]
+    psnr_row = first[first["metric"] == "psnr"].iloc[0]
+    assert psnr_row["status"] == "ok" and psnr_row["reason"].startswith("caption truncated: text_encoder keeps")
+    assert (second["reason"] == "").all()
