@@ -72,8 +72,23 @@ def sample_dataset() -> list[Entry]:
     return folder_dataset(sample_dir())
 
 
+UNCAPTIONED = "no {manifest} in the folder: empty caption (unconditional inversion)"
+
+
+def uncaptioned_folder(root: Path, manifest: str = CAPTIONS_FILE) -> list[Entry]:
+    """Every image of a folder without a manifest, sorted, with an empty caption and a warning
+    (unconditional inversion: the model's empty-prompt conditioning)."""
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"dataset.path: {str(root)!r} has no {manifest} and no images ({', '.join(IMAGE_SUFFIXES)})")
+    warning = UNCAPTIONED.format(manifest=manifest)
+    return distinct_ids([Entry(p.relative_to(root).as_posix(), p, "", warning=warning) for p in files])
+
+
 def folder_dataset(path: str | Path, captions: str = CAPTIONS_FILE) -> list[Entry]:
-    """Entries of ``captions.jsonl`` in file order, then uncaptioned images (sorted) as problems.
+    """Entries of ``captions.jsonl`` in file order, then uncaptioned images (sorted) as problems;
+    a folder without the manifest gives every image an empty caption and a warning
+    (:func:`uncaptioned_folder`).
 
     Lines are split on ``\\n`` only (a caption may hold U+2028) and decoded one by one, so a
     line that is not UTF-8 is one problem entry and the rest of the file is still read.
@@ -83,7 +98,7 @@ def folder_dataset(path: str | Path, captions: str = CAPTIONS_FILE) -> list[Entr
     if not root.is_dir():
         raise FileNotFoundError(f"dataset.path: folder {str(root)!r} does not exist")
     if not manifest.is_file():
-        raise FileNotFoundError(f"dataset: {str(manifest)!r} not found (one JSON object per line)")
+        return uncaptioned_folder(root, manifest.name)
     entries: list[Entry] = []
     for lineno, raw in enumerate(manifest.read_bytes().split(b"\n"), start=1):
         where = f"{manifest.name} line {lineno}"

@@ -198,3 +198,60 @@ def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """
     resized = fit_to_size(torch.from_numpy(np.asarray(mask, dtype=np.float32))[None], size)[0]
     return resized > 0
+
+
+EDITS_FILE = "edits.jsonl"
+
+
+def mask_from_png(path: Path) -> np.ndarray:
+    """An edited-region mask from an image file: True where it is bright (> 127 in grey)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L")) > 127
+
+
+def _edit_line(root: Path, line: str, where: str) -> EditEntry:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as err:
+        return EditEntry(where, None, None, f"{where}: invalid JSON ({err.msg})")
+    if not isinstance(item, dict) or not isinstance(item.get("image"), str):
+        return EditEntry(where, None, None, f"{where}: needs a string 'image' field")
+    source = item.get("source_caption", item.get("caption"))
+    target = item.get("target_caption")
+    path = root / item["image"]
+    if not isinstance(source, str) or not isinstance(target, str) or not source.strip() or not target.strip():
+        return EditEntry(item["image"], path, None, f"{where}: needs non-empty 'source_caption' and 'target_caption'")
+    if not path.is_file():
+        return EditEntry(item["image"], path, source, f"image file not found: {path}", target_caption=target)
+    mask_name = item.get("mask")
+    mask = None
+    if isinstance(mask_name, str):
+        if not (root / mask_name).is_file():
+            return EditEntry(item["image"], path, source, f"{where}: mask file not found: {root / mask_name}",
+                             target_caption=target)
+        mask = partial(mask_from_png, root / mask_name)
+    return EditEntry(item["image"], path, source, None, target_caption=target, mask=mask,
+                     edit_type=str(item.get("edit_type", "")))
+
+
+def edit_folder_dataset(path: str | Path, manifest: str = EDITS_FILE) -> list[EditEntry]:
+    """Your own edit pairs: a folder with ``edits.jsonl``, one ``{"image": ..., "source_caption":
+    ..., "target_caption": ..., "mask": <optional image, white = edited>}`` per line (``caption``
+    is accepted for ``source_caption``). A bad line is an entry with its problem."""
+    root = Path(path).expanduser()
+    file = root / manifest
+    if not file.is_file():
+        raise FileNotFoundError(f"dataset.path: {str(file)!r} not found (one JSON edit pair per line)")
+    entries = []
+    for lineno, raw in enumerate(file.read_bytes().split(b"\n"), start=1):
+        where = f"{manifest} line {lineno}"
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError:
+            entries.append(EditEntry(where, None, None, f"{where}: not UTF-8"))
+            continue
+        if line.strip():
+            entries.append(_edit_line(root, line, where))
+    return entries

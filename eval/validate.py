@@ -169,6 +169,6 @@ def check_task_fits(task: str, dataset_name: str, entries: Sequence[Any]) -> Non
         raise ConfigError(f"dataset={dataset_name} has no entries")
     if task == "edit" and not any(getattr(e, "target_caption", None) for e in entries):
         raise ConfigError(f"task=edit needs edit pairs, and dataset={dataset_name} has none "
-                          "(dataset=world_edits or dataset=piebench)")
+                          "(dataset=world_edits, dataset=piebench, or dataset=edit_folder with your edits.jsonl)")
     if task == "interpolate" and len(entries) < 2:
         raise ConfigError(f"task=interpolate pairs consecutive entries; dataset={dataset_name} has {len(entries)}")
