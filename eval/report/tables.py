@@ -55,6 +55,7 @@ PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("nfe_forward", "NFE", "{:.4g}"),
     ("nfe_backward", "VJP", "{:.4g}"),
 )
+NOT_RANKED = ("time_network_call_s",)  # the model's, not the method's: never bold
 MIN_N_FOR_INTERVAL = 3  # fewer images than this: no interval is shown (the t interval is meaningless)
 BOLD_RULE = ("**Bold**: the best mean of a column, only where its interval does not overlap the runner-up's "
              f"(both n ≥ {MIN_N_FOR_INTERVAL}); intervals are clipped to the metric's range and omitted for n < "
@@ -300,7 +301,7 @@ def paper_markdown(records: pd.DataFrame, title: str | None = None) -> str:
         up = {m: higher.get(m, DEFAULT_HIGHER.get(m, False)) for m, _, _ in cols}
         header = ["method"] + [f"{h} {'↑' if up[m] else '↓'}" for m, h, _ in cols] + ["n"]
         methods = block[block["method"] != VAE_ROW]
-        best = {m: _best(methods, m, up[m]) for m, _, _ in cols}
+        best = {m: _best(methods, m, up[m]) for m, _, _ in cols if m not in NOT_RANKED}
         body = []
         for _, r in block.iterrows():
             cells = [str(r["method"])]
