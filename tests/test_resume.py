@@ -166,3 +166,22 @@ def test_kill_9_mid_run_then_the_same_command_finishes_it(tmp_path: Path) -> Non
     after, reference = read_records(results), read_records(clean_dir / RESULTS_FILE)
     assert not after.duplicated(["unit_key", "metric"]).any()
     pd.testing.assert_frame_equal(non_timing(after), non_timing(reference))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_end_in_one_line_with_the_summary_written(tmp_path: Path, sig: int) -> None:
+    run_dir = tmp_path / "run"
+    proc = _run_py(run_dir)
+    results = run_dir / RESULTS_FILE
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.exists() and read_records(results)["unit_key"].nunique() >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-2000:]
+    assert "Traceback" not in out
+    assert out.strip().splitlines()[-1].startswith("run.py: interrupted")
+    assert "Interrupted: finished units only" in (run_dir / "summary.md").read_text()
