@@ -142,16 +142,21 @@ def _run_py(run_dir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_kill_9_mid_run_then_the_same_command_finishes_it(tmp_path: Path) -> None:
-    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
-    proc = _run_py(killed_dir)
-    results = killed_dir / RESULTS_FILE
+def _wait_for_a_unit(proc: subprocess.Popen, results: Path) -> None:
+    """Return once ``results`` holds a unit's rows, with ``proc`` still running."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if results.exists() and read_records(results)["unit_key"].nunique() >= 1:
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed:\n" + proc.communicate()[0][-2000:]
+    assert proc.poll() is None, "the run finished before it could be stopped:\n" + proc.communicate()[0][-2000:]
+
+
+def test_kill_9_mid_run_then_the_same_command_finishes_it(tmp_path: Path) -> None:
+    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+    proc = _run_py(killed_dir)
+    results = killed_dir / RESULTS_FILE
+    _wait_for_a_unit(proc, results)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     sizes = read_records(results).groupby("unit_key").size()
@@ -172,13 +177,7 @@ def test_kill_9_mid_run_then_the_same_command_finishes_it(tmp_path: Path) -> Non
 def test_ctrl_c_and_sigterm_end_in_one_line_with_the_summary_written(tmp_path: Path, sig: int) -> None:
     run_dir = tmp_path / "run"
     proc = _run_py(run_dir)
-    results = run_dir / RESULTS_FILE
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if results.exists() and read_records(results)["unit_key"].nunique() >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
+    _wait_for_a_unit(proc, run_dir / RESULTS_FILE)
     proc.send_signal(sig)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out[-2000:]
