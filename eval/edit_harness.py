@@ -58,7 +58,8 @@ from tqdm.auto import tqdm
 from eval.data import Entry
 from eval.edit_data import EditEntry, fit_mask
 from eval.distributed import Shard
-from eval.harness import BrokenAdapter, is_adapter
+from eval.cache import TensorCache
+from eval.harness import BrokenAdapter, cached_conditioning, cached_image, image_cache_key, is_adapter
 from eval.loop import run_units
 from eval.metrics.base import ImageMetric
 from eval.metrics.masked import MaskedLPIPS, MaskedSSIM, masked_mse, masked_psnr, region_image
@@ -352,10 +353,15 @@ class _EditRun:
             raise Skip(f"{entry.image_id} is not an edit pair (dataset=world_edits or dataset=piebench)")
         torch.manual_seed(self.seed)
         adapter, size = self.adapter, self.adapter.image_size()
-        source = _source(adapter, entry)
+        if entry.problem is not None:
+            raise Skip(entry.problem)
+        cache, settings = TensorCache(self.task.settings.cache_dir), self.task.settings
+        try:  # the source's fitted pixels, latent and prompt embeddings: shared with every job of the sweep
+            source, latent, _ = cached_image(cache, image_cache_key(settings, adapter, entry), adapter, entry)
+        except (OSError, ValueError) as err:
+            raise Skip(f"cannot read image {entry.image_id}: {_one_line(err)}") from None
+        cond = cached_conditioning(cache, settings, adapter, entry.caption or "")
         with torch.no_grad():
-            latent = adapter.encode_images(source)
-            cond = adapter.encode_prompts([entry.caption or ""], self.guidance_scale)
             grid = adapter.grid(self.schedule, tuple(latent.shape))
         source = source.to(latent.device)
         counting = CountingDenoiser(adapter.denoiser())

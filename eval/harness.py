@@ -311,52 +311,58 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+def image_cache_key(settings: RunSettings, adapter: Any, entry: Entry) -> dict[str, Any]:
+    """The cache fields of an entry's image for this model: checkpoint, device, dtype, size, file hash."""
+    from eval.settings import file_digest
+
+    return {**cache_fields(settings, adapter), "size": list(adapter.image_size()), "image": file_digest(entry.path)}
+
+
+def cached_image(cache: TensorCache, key: dict[str, Any], adapter: Any, entry: Entry) -> tuple[Tensor, Tensor, float]:
+    """(fitted pixels, latent, VAE-ceiling PSNR) of an entry's image: from the cache, or computed
+    and stored. Raises OSError/ValueError (one line naming the file) for an unreadable image."""
+    hit = cache.get("image", key, getattr(adapter, "device", "cpu"))
+    if hit is not None:
+        tensors, meta = hit
+        return tensors["pixels"], tensors["latent"], float(meta["ceiling_psnr"])
+    pixels = fit_to_size(load_image(entry.path), adapter.image_size())[None]  # type: ignore[arg-type]
+    with torch.no_grad():
+        latent = adapter.encode_images(pixels)
+        decoded = adapter.decode_latents(latent)
+    pixels = pixels.to(decoded.device)
+    ceiling = psnr(decoded, pixels)[0].item()
+    cache.put("image", key, {"pixels": pixels, "latent": latent}, {"ceiling_psnr": ceiling})
+    return pixels, latent, ceiling
+
+
+def cached_conditioning(cache: TensorCache, settings: RunSettings, adapter: Any, caption: str) -> Conditioning:
+    """The caption's prompt embeddings at the run's guidance: from the cache, or encoded and stored."""
+    key = {**cache_fields(settings, adapter), "caption": caption, "guidance_scale": float(settings.guidance_scale)}
+    hit = cache.get("prompt", key, getattr(adapter, "device", "cpu"))
+    if hit is not None:
+        return conditioning_from_tensors(*hit)
+    with torch.no_grad():
+        cond = adapter.encode_prompts([caption], guidance_scale=settings.guidance_scale)
+    cache.put("prompt", key, *conditioning_to_tensors(cond))
+    return cond
+
+
 def _prepare(run: _Run, entry: Entry) -> _Image:
     """Pixels, latent, VAE ceiling, conditioning (from the cache when present) and the grid."""
     if entry.problem is not None:
         raise _Skip(entry.problem)
     start = time.perf_counter()
     adapter, s = run.adapter, run.settings
-    base = cache_fields(s, adapter)
-    device = getattr(adapter, "device", "cpu")
-    image_key = {**base, "size": list(adapter.image_size()), "image": _file_key(entry)}
-    hit = run.cache.get("image", image_key, device)
-    if hit is not None:
-        tensors, meta = hit
-        pixels, latent, ceiling = tensors["pixels"], tensors["latent"], float(meta["ceiling_psnr"])
-    else:
-        try:
-            pixels = fit_to_size(load_image(entry.path), adapter.image_size())[None]  # type: ignore[arg-type]
-        except (OSError, ValueError) as err:
-            raise _Skip(f"cannot read image {entry.image_id}: {_one_line(err)}") from None
-        with torch.no_grad():
-            latent = adapter.encode_images(pixels)
-            decoded = adapter.decode_latents(latent)
-        pixels = pixels.to(decoded.device)
-        ceiling = psnr(decoded, pixels)[0].item()
-        run.cache.put("image", image_key, {"pixels": pixels, "latent": latent}, {"ceiling_psnr": ceiling})
-    cond = _conditioning(run, base, entry.caption or "", device)
+    image_key = image_cache_key(s, adapter, entry)
+    try:
+        pixels, latent, ceiling = cached_image(run.cache, image_key, adapter, entry)
+    except (OSError, ValueError) as err:
+        raise _Skip(f"cannot read image {entry.image_id}: {_one_line(err)}") from None
+    cond = cached_conditioning(run.cache, s, adapter, entry.caption or "")
     with torch.no_grad():
         grid = adapter.grid(s.schedule, tuple(latent.shape))
     run.stages["prepare_s"] += time.perf_counter() - start
     return _Image(pixels, latent, ceiling, cond, grid, image_key)
-
-
-def _file_key(entry: Entry) -> str:
-    from eval.settings import file_digest
-
-    return file_digest(entry.path)
-
-
-def _conditioning(run: _Run, base: dict[str, Any], caption: str, device: Any) -> Conditioning:
-    key = {**base, "caption": caption, "guidance_scale": float(run.settings.guidance_scale)}
-    hit = run.cache.get("prompt", key, device)
-    if hit is not None:
-        return conditioning_from_tensors(*hit)
-    with torch.no_grad():
-        cond = run.adapter.encode_prompts([caption], guidance_scale=run.settings.guidance_scale)
-    run.cache.put("prompt", key, *conditioning_to_tensors(cond))
-    return cond
 
 
 def _invert(run: _Run, denoiser: Any, img: _Image) -> InversionResult:

@@ -212,3 +212,36 @@ def test_every_task_config_composes(name: str) -> None:
     assert cfg.task.name == name
     expected = "eval.edit_data.world_edit_dataset" if name == "edit" else "eval.data.sample_dataset"
     assert cfg.dataset._target_ == expected  # task=edit switches to the world's edit pairs
+
+
+class _CountingAdapter:
+    """A shared adapter seen through a wrapper that counts its encoder calls (the fixture stays untouched)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.encodes, self.prompts = inner, 0, 0
+
+    def encode_images(self, images):
+        self.encodes += 1
+        return self.inner.encode_images(images)
+
+    def encode_prompts(self, *args, **kwargs):
+        self.prompts += 1
+        return self.inner.encode_prompts(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_edit_jobs_share_the_source_encodings(tiny_sd_adapter, tmp_path: Path) -> None:
+    entries = world_edit_dataset(cache_dir=tmp_path / "world", max_pairs=2)
+    tables, adapters = [], []
+    for name in ("ddim", "fixed_point3"):
+        adapter = _CountingAdapter(tiny_sd_adapter)
+        tables.append(evaluate_edits(adapter, ScheduleSpec("ddim", 2), ddim.invert, name, entries, EditSettings(),
+                                     progress=False, out_dir=tmp_path / name, cache_dir=tmp_path / "cache",
+                                     save_images=False, warmup=0))
+        adapters.append(adapter)
+    assert adapters[0].encodes == 1 + 2 and adapters[1].encodes == 1  # the probe, then nothing: cached
+    assert adapters[1].prompts == adapters[0].prompts - 2  # source captions cached; target captions per edit
+    ok = [t[t["metric"] == "recon_psnr"]["value"].tolist() for t in tables]
+    assert ok[0] == ok[1]

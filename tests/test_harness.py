@@ -288,6 +288,7 @@ def test_rows_record_the_machine_and_a_loaded_cpu_warns(tmp_path: Path, monkeypa
     assert "load average 99.0 exceeds" in caplog.text
     monkeypatch.setattr(machine.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert not machine.warn_if_loaded("end")
+    assert machine.load_limit(2) == 3.0 and machine.load_limit(16) == 20.0  # a lone run's own load is not a warning
 
 
 class NaNDecoder(ToyAdapter):
