@@ -19,8 +19,11 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
         "window": 3, "max_iters": 6, "tol": None, "damping": 1.0, "regularization": 1.0e-10, "keep_best": False}),
     "ddim": ("baselines.ddim.invert", {"timestep": "dst"}),
     "edict": ("baselines.edict.invert", {"mix_weight": 0.93, "leapfrog": True, "coupling": "auto"}),
+    "fireflow": ("baselines.fireflow.invert", {"reuse": True}),
     "fixed_point": ("baselines.fixed_point.invert", {"max_iters": 30, "tol": None, "keep_best": False}),
     "fixed_point3": ("baselines.fixed_point.invert", {"max_iters": 3, "tol": None, "keep_best": False}),
+    "ftedit": ("baselines.ftedit.invert", {
+        "num_fixpoint_steps": 2, "average_range": [0, 5], "residual": "source"}),
     "gnri": ("gnri.methods.gnri.invert", {
         "lam": 0.1, "max_iters": 2, "tol": 1.0e-4, "step_rule": "min_norm", "eta": 1.0e-3, "prior_norm": "l2",
         "prior_mean": "auto", "prior_weight": "auto", "start": "previous", "keep_best": True, "output": "f"}),
@@ -30,7 +33,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "gnri_nk": ("gnri.methods.newton_krylov.invert", {
         "newton_iters": 1, "krylov_dim": 2, "tol": 1.0e-4, "jvp": "secant", "fd_step": None, "keep_best": False}),
     "gnri_official": ("gnri.methods.gnri_official.invert", {
-        "lam": 0.1, "n_iters": 2, "coordinates": "scheduler", "numel": None}),
+        "lam": 0.1, "n_iters": 2, "coordinates": "grid", "numel": None}),
     "gradient_descent": ("baselines.gradient_descent.invert", {
         "direction": "forward_step", "step_size": 0.5, "max_iters": 100, "tol": 2.5e-4, "warmup_iters": 20,
         "plateau_factor": 0.5, "plateau_patience": 20, "plateau_threshold": 1.0e-4}),
@@ -38,9 +41,13 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "null_text": ("baselines.null_text.invert", {
         "num_inner_steps": 10, "lr": 1.0e-2, "lr_decay": 1.0e-2, "early_stop": 1.0e-5, "early_stop_slope": 2.0e-5,
         "keys": None, "pivot_timestep": "dst"}),
+    "rf_inversion": ("baselines.rf_inversion.invert", {
+        "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.25, "seed": 0, "timestep": "src"}),
     "renoise": ("baselines.renoise.invert", {
         "num_renoise_steps": 9, "max_first_step_renoise_steps": 5, "average": True, "average_range": [8, 10],
         "first_step_average_range": [0, 5], "first_step_max_sigma": 0.6958}),
+    "rf_solver": ("baselines.rf_solver.invert", {}),
+    "uni_inv": ("baselines.uni_inv.invert", {"editing": "uni_edit", "omega": 5.0, "zero_init": False}),
 }
 
 # name -> the fields of gnri.ScheduleSpec, as in conf/schedule/<name>.yaml

@@ -148,7 +148,7 @@ def test_gnri_official_reproduces_the_public_code_by_hand() -> None:
     expected = torch.tensor([[zl.a * v for v in best]], dtype=torch.float64)  # back to our units
 
     den = CountingDenoiser(LinearEpsDenoiser(gain))
-    res = gnri_official.invert(den, torch.tensor([x], dtype=torch.float64), grid, COND, lam=lam)
+    res = gnri_official.invert(den, torch.tensor([x], dtype=torch.float64), grid, COND, lam=lam, coordinates="scheduler")
     assert torch.allclose(res.z, expected, atol=1e-12)
     assert (den.counter.forward, den.counter.backward) == (2, 0)
     first_step = res.steps[0].series["step_size"][0]  # RMS of the update, in our units

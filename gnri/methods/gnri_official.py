@@ -1,32 +1,53 @@
 """GNRI as the public code implements it (``dvirsamuel/NewtonRaphsonInversion`` at ``0ce9b63``,
-``SDXLDDIMPipeline.inversion_step``; ``reference/gnri-paper.md`` 2.2).
+``SDXLDDIMPipeline.inversion_step``; ``reference/gnri-paper.md`` 2.2), on any grid.
 
 The network is never differentiated: ``f(z)`` is computed under ``no_grad``, so the gradient of
 ``sum(Fvec)`` is ``sign(z - f)`` and the "Newton" update is a sign step whose size is the
-objective. Per step, ``n_iters`` times (default 2, fixed; no tolerance)::
+objective. Per step, ``n_iters`` times (default 2, fixed; no tolerance), in the coordinates of
+the scheduler the code runs::
 
-    f = f(z);   Fvec = |f - z| + (lam/2) ((f - z0) / sigma_t)^2      (elementwise; z0 = clean latent)
+    f = f(z);   Fvec = |f - z| + (lam/2) ((f - m_t) / sd_t)^2        (elementwise)
     keep f if mean(Fvec) is the best score so far
     z <- z + s * sign(f - z),   s = sum(Fvec) / D  (= mean(Fvec))
 
-and the step returns the best ``f(z)`` seen (not a ``z``). Cost: exactly ``n_iters`` forwards
-per step, no backward. ``f(z^0)`` is the code's explicit Euler inversion step, so with
-``n_iters = 2`` this is "explicit inversion plus one probe, keep the better by score" (on VP
-grids the code's ``z^0`` is ``(a_t / a_{t-1}) z_{t-1}`` in our units, so its first network call
-sees that, where ``baselines.ddim`` feeds ``z_{t-1}`` itself).
+starting at ``z^0 = z_{t-1}`` and returning the best ``f(z)`` seen (not a ``z``). The prior
+term is ``-log q(z_t | z0)`` of the scheduler's own forward marginal ``N(m_t, sd_t^2)`` evaluated
+at ``f``: in the code's VE Euler scheduler ``m_t = z0`` (the clean latent) and ``sd_t = sigma_t``
+(``get_timestamp_dist``). Cost: exactly ``n_iters`` forwards per step, no backward.
 
-Coordinates (``coordinates='scheduler'``, default): the formula is evaluated in the coordinates
-of the Euler scheduler the code would run, and mapped back, so the code's iterates are
-reproduced exactly. VP grids: the code's SDXL-Turbo Euler-ancestral scheduler, VE latents
-``z / a = x0 + sigma eps``, ``sigma_t = s_t / a_t`` of the noisier level (the code reads the
-scheduler's sigma at ``t``: the same number); in our units ``z^0 = (a_t / a_{t-1}) z_{t-1}``
-(the code's ``z^0 = z_{t-1}`` in VE) and ``s = a_t mean(|f - z| / a_t + (lam/2)((f - a_t z0) / s_t)^2)``.
-Flow grids (no flow path in the code; this is its port to FlowMatchEulerDiscreteScheduler,
-whose latents are ours): ``z^0 = z_{t-1}``, ``f`` the Euler form holding the velocity fixed
-(``StepProblem.implicit_map``) and ``sigma_t = s_t`` (that scheduler's sigma ``t``), so the prior is
-centred on ``z0``, not on the marginal mean ``(1 - t) z0``. ``coordinates='latent'`` applies the
-formula to our latent as given with ``sigma_t = s_t / a_t`` (the literal transcription), ``z^0 =
-z_{t-1}``; off VE its prior is centred on ``z0`` rather than ``a_t z0``.
+``coordinates`` (which scheduler's coordinates the formula is read in):
+
+- ``grid`` (default; the faithful translation on every grid and family): the grid's own
+  latent coordinates, i.e. the code with its scheduler replaced by the grid's (DDIM for VP, the
+  flow-matching Euler step for flow). ``z^0 = z_{t-1}`` and its network call is DDIM/Euler
+  inversion's own (``StepProblem.explicit_level``: the noisier timestep, the cleaner level's
+  scales, as diffusers' ``DDIMInverseScheduler``), so ``f(z^0)`` is exactly
+  ``baselines.ddim``'s step; later probes are predicted at the noisier level. The prior is the
+  grid's marginal ``q(z_t | z0) = N(a_t z0, s_t^2)`` (VP: ``sqrt(abar_t) z0``,
+  ``1 - abar_t``; flow: ``(1 - sigma_t) z0``, ``sigma_t^2``), the image of the code's
+  ``N(z0, sigma_t^2)`` under its scheduler's change of coordinates. So
+  ``Fvec = |f - z| + (lam/2) (f - a_t z0)^2 / s_t^2``.
+- ``scheduler``: the SDXL-Turbo code's own Euler (VE) coordinates on VP grids, which reproduces
+  its iterates exactly on an Euler grid (``euler4_trailing``, ``euler_ancestral4``): VE latents
+  ``z / a``, ``sigma_t = s_t / a_t``; in our units ``z^0 = (a_t / a_{t-1}) z_{t-1}`` (the code's
+  ``z^0 = z_{t-1}`` in VE: its UNet sees ``z_{t-1}^VE / sqrt(1 + sigma_t^2)``) predicted at the
+  noisier level, and ``Fvec = |f - z| + a_t (lam/2) ((f - a_t z0) / s_t)^2`` (``a_t`` times the
+  code's VE ``Fvec``). On a DDIM grid this is not the DDIM scheduler's step: its first probe
+  sees ``(a_t / a_{t-1}) z_{t-1}`` (0.4 z_{t-1} on DDIM 4 leading's last step) instead of
+  ``z_{t-1}``, so ``f(z^0)`` is a worse explicit step than DDIM inversion, and the prior's
+  weight in the step size carries an extra ``a_t``. On flow grids (no flow path in the code)
+  it is the former port: the formula as written, ``z^0 = z_{t-1}``, prior ``((f - z0) /
+  s_t)^2`` centred on the clean latent rather than the marginal mean ``(1 - t) z0``.
+- ``latent``: the formula as written applied to our latent: ``z^0 = z_{t-1}``, prior
+  ``((f - z0) a_t / s_t)^2`` centred on ``z0`` instead of ``a_t z0`` (wrong off VE; kept for
+  the record of issue 14).
+
+Why ``grid`` is the default (issue 14): on the world UNet at DDIM 4 / 10 leading steps the
+former default (``scheduler``) was 3-13 dB behind an independent VP transcription of the sign
+step (the issue's); the differences were the start ``(a_t / a_{t-1}) z_{t-1}`` (the largest
+part), the prior centre ``z0`` (``latent``) and the prior's ``a_t`` factor. ``grid`` equals that
+transcription (``tests/test_gnri_official_translation.py``; ``results/bench_gnri/official_*``).
+On Euler grids ``grid`` and ``scheduler`` differ by the same two things; both are kept.
 
 Differences from the public code, named: ``D`` is the latent's real per-sample numel (the
 code hard-codes 64*64*4; pass ``numel=16384`` to reproduce it, e.g. its 4x too large step on
@@ -46,7 +67,7 @@ import torch
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, StepInfo, StepProblem, Tensor, invert_with
 from gnri.core.step import per_sample_rms
 
-COORDINATES = ("scheduler", "latent")
+COORDINATES = ("grid", "scheduler", "latent")
 
 
 def _rows(v: Tensor, like: Tensor) -> Tensor:
@@ -56,8 +77,10 @@ def _rows(v: Tensor, like: Tensor) -> Tensor:
 def score_terms(
     problem: StepProblem, z: Tensor, f: Tensor, z0: Tensor, lam: float, coordinates: str
 ) -> Tensor:
-    """``Fvec`` in latent units (on VP grids with ``scheduler``: ``a_t`` times the code's VE ``Fvec``)."""
+    """``Fvec`` in latent units (``scheduler`` on VP: ``a_t`` times the code's VE ``Fvec``)."""
     a, s = problem.z_level.a, problem.z_level.s
+    if coordinates == "grid":
+        return (f - z).abs() + (lam / 2) * ((f - a * z0) / s) ** 2
     if coordinates == "scheduler" and problem.family == "vp":
         return (f - z).abs() + (lam / 2) * a * ((f - a * z0) / s) ** 2
     if coordinates == "scheduler":
@@ -65,19 +88,30 @@ def score_terms(
     return (f - z).abs() + (lam / 2) * ((f - z0) * (a / s)) ** 2
 
 
+def first_probe(problem: StepProblem, coordinates: str) -> tuple[Tensor, Tensor]:
+    """``(z^0, f(z^0))``: one network call. ``grid``: DDIM/Euler inversion's own call."""
+    if coordinates == "grid":
+        pred = problem.denoiser(problem.x, problem.explicit_level, problem.cond)
+        return problem.x, problem.implicit_map(pred)
+    z = problem.x
+    if coordinates == "scheduler" and problem.family == "vp":
+        z = (problem.z_level.a / problem.x_level.a) * z
+    return z, problem.implicit_map(problem.predict(z))
+
+
 def solve_step(
     problem: StepProblem, z0: Tensor, *, lam: float, n_iters: int, coordinates: str, numel: int | None
 ) -> tuple[Tensor, StepInfo]:
     """One step of the public code's ``inversion_step``; returns the best ``f(z)`` by score."""
-    z = problem.x
-    if coordinates == "scheduler" and problem.family == "vp":
-        z = (problem.z_level.a / problem.x_level.a) * z
-    d_norm = numel if numel is not None else z[0].numel()
-    best_f, best_score = z, torch.full((z.shape[0],), float("inf"), dtype=z.dtype, device=z.device)
+    d_norm = numel if numel is not None else problem.x[0].numel()
+    best_f = problem.x
+    best_score = torch.full((problem.x.shape[0],), float("inf"), dtype=problem.x.dtype, device=problem.x.device)
     residual, objective, step_size = [], [], []
     with torch.no_grad():
+        z, f = first_probe(problem, coordinates)
         for k in range(n_iters):
-            f = problem.implicit_map(problem.predict(z))
+            if k > 0:
+                f = problem.implicit_map(problem.predict(z))
             fvec = score_terms(problem, z, f, z0, lam, coordinates).flatten(1)
             score = fvec.mean(dim=1)
             residual.append(per_sample_rms(z - f))
@@ -102,10 +136,10 @@ def invert(
     *,
     lam: float = 0.1,
     n_iters: int = 2,
-    coordinates: str = "scheduler",
+    coordinates: str = "grid",
     numel: int | None = None,
 ) -> InversionResult:
-    """The public code's GNRI over ``grid``; ``x0`` (the clean latent) anchors the prior."""
+    """The public code's GNRI sign step over ``grid``; ``x0`` (the clean latent) anchors the prior."""
     if coordinates not in COORDINATES:
         raise ValueError(f"inverter gnri_official: coordinates must be one of {COORDINATES}, got {coordinates!r}")
     if n_iters < 1:
