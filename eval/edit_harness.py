@@ -18,14 +18,19 @@ The ``inverter`` column is ``<inverter>+<editor>`` (PIE-Bench's ``ddim+p2p`` nam
   else 0; ``recon_success``: the same for the reconstruction and the source caption (world
   captions only; unavailable otherwise);
 - ``bg_psnr``, ``bg_ssim``, ``bg_lpips``, ``bg_mse``: background preservation over the pixels
-  outside the edited region (:mod:`eval.metrics.masked`: region reductions, not zero-filled
-  images; LPIPS AlexNet);
+  outside the edited region (:mod:`eval.metrics.masked`; ``task.mask_convention``: ``region``
+  (default) reduces over the region's pixels only; ``piebench`` reproduces PnPInversion's
+  evaluator: 8-bit images times the mask, reduced over the whole image; LPIPS ``task.lpips_net``).
+  A region that is empty (the edited mask covers the whole image) gives status ``unavailable``
+  (PIE-Bench's ``nan``): left out of the means and counted in the report's notes;
 - ``lpips_to_source``: whole-image LPIPS (AlexNet), the paper's editing-figure x axis;
 - ``clip_whole`` / ``clip_edited``: CLIP score of the edit / of its edited region (pixels outside
   set to 0, as PIE-Bench) against the target caption, with the given CLIP metric (the world's
-  CLIP folder by default in run.py), unavailable with the reason without weights;
-- ``structure_distance``: PIE-Bench's DINO ViT-B/8 self-similarity distance, always unavailable
-  here (:data:`STRUCTURE_REASON`);
+  CLIP folder by default in run.py), unavailable with the reason without weights (``piebench``:
+  the edit made 8-bit first; PIE-Bench's model is CLIP ViT-L/14);
+- ``structure_distance``: PIE-Bench's DINO ViT-B/8 key self-similarity distance of the edit to
+  the source (:mod:`eval.metrics.structure`; ``task.structure.weights``), unavailable with the
+  reason without local DINO weights;
 - ``target_psnr``: edit vs the ground-truth target image (world only); ``recon_psnr``: the
   reconstruction vs the source;
 - ``nfe_forward`` / ``time_invert_s``: one inversion; ``nfe_forward_edit`` / ``time_edit_s``: one
@@ -62,7 +67,10 @@ from eval.cache import TensorCache
 from eval.harness import BrokenAdapter, cached_conditioning, cached_image, image_cache_key, is_adapter
 from eval.loop import run_units
 from eval.metrics.base import ImageMetric
-from eval.metrics.masked import MaskedLPIPS, MaskedSSIM, masked_mse, masked_psnr, region_image
+from eval.metrics.masked import (
+    MaskedLPIPS, MaskedSSIM, masked_mse, masked_psnr, pie_lpips, pie_mse, pie_psnr, pie_ssim, region_image, to_8bit,
+)
+from eval.metrics.structure import StructureDistance
 from eval.metrics.psnr import psnr
 from eval.records import RunInfo, Unavailable, new_run_id, provenance, write_provenance
 from eval.settings import RunSettings, settings_from_kwargs
@@ -78,10 +86,8 @@ from gnri.models.base import ModelAdapter, ScheduleSpec
 log = logging.getLogger(__name__)
 Inverter = Callable[..., InversionResult]
 EDITORS = ("prompt_swap", "p2p")
-STRUCTURE_REASON = (
-    "structure distance needs DINO ViT-B/8 weights (facebookresearch/dino via torch.hub), "
-    "which cannot be loaded offline here"
-)
+MASK_CONVENTIONS = ("region", "piebench")  # eval.metrics.masked: over the region / PnPInversion's evaluator
+STRUCTURE_REASON = "no structure-distance metric configured (eval.metrics.structure.StructureDistance)"
 # name -> higher_is_better (documented in the module docstring).
 EDIT_METRICS = {
     "edit_success": True, "recon_success": True, "bg_psnr": True, "bg_ssim": True, "bg_lpips": False,
@@ -239,6 +245,8 @@ class _Metrics:
     masked_lpips: MaskedLPIPS
     clip: ImageMetric | None
     ssim: MaskedSSIM = field(default_factory=MaskedSSIM)
+    structure: StructureDistance | None = None
+    convention: str = "region"  # MASK_CONVENTIONS
 
 
 def _checker(image: Tensor, caption: str) -> Value:
@@ -261,6 +269,13 @@ def _background(m: _Metrics, edit: Tensor, source: Tensor, entry: EditEntry, siz
     keep = ~fit_mask(entry.mask(), size).to(edit.device)
     if not bool(keep.any()):
         return {n: Unavailable("the edited region covers the whole image") for n in names}
+    if m.convention == "piebench":  # PnPInversion's evaluator: 8-bit images x mask, whole-image means
+        return {
+            "bg_psnr": _metric(lambda: pie_psnr(edit, source, keep)),
+            "bg_mse": _metric(lambda: pie_mse(edit, source, keep)),
+            "bg_ssim": _metric(lambda: pie_ssim(edit, source, keep)),
+            "bg_lpips": _metric(lambda: pie_lpips(m.lpips, edit, source, keep), m.lpips.unavailable_reason()),
+        }
     return {
         "bg_psnr": _metric(lambda: masked_psnr(edit, source, keep)),
         "bg_mse": _metric(lambda: masked_mse(edit, source, keep)),
@@ -271,6 +286,7 @@ def _background(m: _Metrics, edit: Tensor, source: Tensor, entry: EditEntry, siz
 
 def _clip(m: _Metrics, edit: Tensor, entry: EditEntry, size: tuple[int, int]) -> dict[str, Value]:
     clip, prompt = m.clip, [entry.target_caption or ""]
+    edit = to_8bit(edit) if m.convention == "piebench" else edit
     reason = "no CLIP metric configured" if clip is None else clip.unavailable_reason()
     out: dict[str, Value] = {"clip_whole": _metric(lambda: clip(edit, edit, prompt), reason)}  # type: ignore[misc]
     if entry.mask is None:
@@ -280,6 +296,12 @@ def _clip(m: _Metrics, edit: Tensor, entry: EditEntry, size: tuple[int, int]) ->
         masked = region_image(edit, region)
         out["clip_edited"] = _metric(lambda: clip(masked, edit, prompt), reason)  # type: ignore[misc]
     return out
+
+
+def _structure(m: _Metrics, edit: Tensor, source: Tensor) -> Value:
+    if m.structure is None:
+        return Unavailable(STRUCTURE_REASON)
+    return _metric(lambda: m.structure(edit, source), m.structure.unavailable_reason())  # type: ignore[misc]
 
 
 @dataclass
@@ -397,7 +419,7 @@ class _EditRun:
             "time_edit_s": edited.median_s, "recon_psnr": psnr(recon, source)[0].item(),
             "edit_success": _checker(edit, entry.target_caption), "recon_success": _checker(recon, entry.caption or ""),
             "lpips_to_source": _metric(lambda: m.lpips(edit, source), m.lpips.unavailable_reason()),
-            "structure_distance": Unavailable(STRUCTURE_REASON),
+            "structure_distance": _structure(m, edit, source),
             **_background(m, edit, source, entry, size), **_clip(m, edit, entry, size),
         }
         if entry.target_path is None:
@@ -452,7 +474,12 @@ def evaluate_edits(
     params = {**dict(run_settings.inverter_params), **{k: v for k, v in options.items() if k != "lpips_net"}}
     task = _Task(run_settings, adapter, f"{run_settings.inverter}+{settings.editor}", EDIT_METRICS, params,
                  shard or Shard())
-    metrics = _Metrics(LPIPS(net=lpips_net, cache_dir=lpips_cache), MaskedLPIPS(lpips_net, lpips_cache), clip)
+    convention = str(run_settings.task_params.get("mask_convention", "region"))
+    if convention not in MASK_CONVENTIONS:
+        raise ValueError(f"task.mask_convention must be one of {MASK_CONVENTIONS}, got {convention!r}")
+    structure = StructureDistance(**dict(run_settings.task_params.get("structure") or {}))
+    metrics = _Metrics(LPIPS(net=lpips_net, cache_dir=lpips_cache), MaskedLPIPS(lpips_net, lpips_cache), clip,
+                       structure=structure, convention=convention)
     edit_run = _EditRun(task, inverter, settings, metrics, save_images)
     return task.run(dataset, lambda u: edit_run.measure(u.entries[0]), f"edit {task.label}", on_rows)
 

@@ -24,6 +24,27 @@ The reduction is over the region's pixels only, never a zero-filled whole image 
 
 With identical images inside the region, MSE is 0, PSNR ``inf``, LPIPS 0 exactly, and SSIM 1
 (up to the round-off of torchmetrics' variance clamp). An empty region raises ValueError.
+
+**PIE-Bench convention** (``mask_convention=piebench``; PnPInversion ``evaluation/
+matrics_calculator.py`` + ``evaluate.py`` at f480116, arXiv 2310.01506), to reproduce the numbers
+PIE-Bench tables print: both images are first made 8-bit (:func:`to_8bit`: the edit is
+truncated as PnPInversion's ``latent2image`` does, ``(x * 255).astype(uint8)``, and read back
+/ 255), then multiplied by the region's mask (0 outside it), and the metric is taken over the
+WHOLE image, zeros included:
+
+- :func:`pie_mse`: torchmetrics ``MeanSquaredError`` over the (3, H, W) values, i.e. the region's
+  summed squared error / (3 H W) (PIE-Bench tables print it x 10^4);
+- :func:`pie_psnr`: torchmetrics ``PeakSignalNoiseRatio(data_range=1)`` = ``10 log10(1 / pie_mse)``;
+- :func:`pie_ssim`: torchmetrics ``StructuralSimilarityIndexMeasure(data_range=1)`` defaults
+  (Gaussian 11 taps, sigma 1.5, K1 0.01, K2 0.03), the mean of the SSIM map of the zeroed images
+  (tables: x 10^2);
+- :func:`pie_lpips`: LPIPS of the zeroed images, fed [-1, 1] (tables: x 10^3). PnPInversion uses
+  torchmetrics' SqueezeNet LPIPS; this project has verified AlexNet / VGG weights only, so the
+  backbone is ``task.lpips_net`` (a deviation, named in the rows' ``task_params``).
+
+So the numbers grow with the mask's area (zeros agree perfectly), which is why the project's
+default (above) reduces over the region instead. Whether the region is empty is checked before
+(PnPInversion returns ``"nan"`` then; the harness records status ``unavailable``).
 """
 
 from __future__ import annotations
@@ -147,3 +168,48 @@ class MaskedLPIPS:
         model = self._model.to(pred.device)  # type: ignore[union-attr]
         spatial = model(filled * 2 - 1, target.float() * 2 - 1)  # (B, 1, H, W)
         return region_mean(spatial, mask)
+
+
+PIE_LEVELS = 255  # 8-bit images, as PnPInversion reads its PNG / JPEG files
+_QUANT_EPS = 1e-4  # an already 8-bit value times 255 may land a hair under its integer in float32
+
+
+def to_8bit(images: Tensor) -> Tensor:
+    """[0, 1] images truncated to 8 bits and back to [0, 1] (``(x * 255).astype(uint8) / 255``).
+
+    An image that is 8-bit already (a decoded PNG / JPEG) is unchanged (``_QUANT_EPS`` absorbs the
+    float round-off of ``k / 255 * 255``).
+    """
+    return torch.floor(images.clamp(0, 1) * PIE_LEVELS + _QUANT_EPS) / PIE_LEVELS
+
+
+def pie_masked(images: Tensor, keep: Tensor) -> Tensor:
+    """PIE-Bench's masked input: 8-bit ``images`` times the region's 0/1 mask (zeros outside)."""
+    return to_8bit(images).double() * as_mask(keep, images).double()
+
+
+def pie_mse(pred: Tensor, target: Tensor, keep: Tensor) -> Tensor:
+    """PIE-Bench ``mse_unedit_part``: MSE of the zeroed images over ALL pixels and channels, (B,) float64."""
+    _check(pred, target, "pie_mse")
+    return (pie_masked(pred, keep) - pie_masked(target, keep)).pow(2).flatten(1).mean(1)
+
+
+def pie_psnr(pred: Tensor, target: Tensor, keep: Tensor, data_range: float = DATA_RANGE) -> Tensor:
+    """PIE-Bench ``psnr_unedit_part``: ``10 log10(data_range^2 / pie_mse)`` dB, (B,) float64."""
+    return 10.0 * torch.log10(data_range**2 / pie_mse(pred, target, keep))
+
+
+def pie_ssim(pred: Tensor, target: Tensor, keep: Tensor) -> Tensor:
+    """PIE-Bench ``ssim_unedit_part``: torchmetrics SSIM (its defaults, data range 1) of the zeroed images."""
+    _check(pred, target, "pie_ssim")
+    return structural_similarity_index_measure(
+        pie_masked(pred, keep).float(), pie_masked(target, keep).float(), gaussian_kernel=True, sigma=1.5,
+        kernel_size=11, reduction="none", data_range=DATA_RANGE, k1=0.01, k2=0.03,
+    ).reshape(-1).double()
+
+
+def pie_lpips(lpips: object, pred: Tensor, target: Tensor, keep: Tensor) -> Tensor:
+    """PIE-Bench ``lpips_unedit_part``: ``lpips`` (an :class:`eval.metrics.lpips_metric.LPIPS`, which
+    takes [0, 1] and feeds [-1, 1]) of the zeroed images, (B,)."""
+    _check(pred, target, "pie_lpips")
+    return lpips(pie_masked(pred, keep).float(), pie_masked(target, keep).float())  # type: ignore[operator]

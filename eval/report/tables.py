@@ -352,7 +352,8 @@ def _footnotes(summary: pd.DataFrame) -> list[str]:
     notes = []
     unavailable = summary[summary["n_unavailable"] > 0]
     for metric, block in unavailable.groupby("metric", sort=False):
-        notes.append(f"- `{metric}` unavailable: {block['reason'].iloc[0]}")
+        n, rows = int(block["n_unavailable"].sum()), int(block["n_rows"].sum())
+        notes.append(f"- `{metric}` unavailable: {block['reason'].iloc[0]} ({n} of {rows} images, left out of the means)")
     bad = summary[(summary["n_failed"] + summary["n_skipped"]) > 0]
     for _, r in bad.drop_duplicates(subset=["model", "setting", "method"]).iterrows():
         notes.append(

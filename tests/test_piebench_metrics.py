@@ -1,0 +1,243 @@
+"""PIE-Bench metrics as PnPInversion's evaluator computes them, on hand-made cases with known answers.
+
+Oracles: masks and metric values written out by hand (RLE runs, squared errors counted over
+the pixels, the SSIM formula for constant images), and, for the DINO key extractor, the
+``transformers`` ViT implementation fed the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from eval.edit_data import EditEntry, decode_rle, piebench_dataset, strip_markers
+from eval.metrics.masked import masked_mse, pie_mse, pie_psnr, pie_ssim, to_8bit
+from eval.metrics.structure import (
+    DinoKeys, StructureDistance, cosine_self_similarity, dino_input, find_dino_weights, hf_to_dino, resize_size,
+)
+
+# ----------------------------------------------------------------------------- RLE and prompts
+
+
+def test_rle_decodes_start_length_pairs_and_sets_the_border() -> None:
+    mask = decode_rle([6, 2, 12, 1], shape=(4, 5))  # flat 6, 7 -> (1,1), (1,2); flat 12 -> (2,2)
+    expected = np.array([
+        [1, 1, 1, 1, 1],
+        [1, 1, 1, 0, 1],
+        [1, 0, 1, 0, 1],
+        [1, 1, 1, 1, 1],
+    ], dtype=bool)
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_rle_run_past_the_end_is_clipped_and_odd_length_refused() -> None:
+    mask = decode_rle([18, 10], shape=(4, 5))  # PnPInversion: min(length, size - start)
+    assert mask.sum() == 14  # the 14 border pixels (18, 19 are border already)
+    with pytest.raises(ValueError, match="odd length"):
+        decode_rle([1, 2, 3], shape=(4, 5))
+
+
+def test_markers_are_stripped_and_loader_decodes_the_mask(tmp_path) -> None:
+    from PIL import Image
+
+    assert strip_markers("a [cat] sitting on [a] mat") == "a cat sitting on a mat"
+    (tmp_path / "annotation_images" / "0").mkdir(parents=True)
+    Image.new("RGB", (512, 512), (10, 20, 30)).save(tmp_path / "annotation_images" / "0" / "a.jpg")
+    start = 100 * 512 + 200  # row 100, columns 200..209
+    mapping = {"000": {"image_path": "0/a.jpg", "original_prompt": "a [cat] on a mat",
+                       "editing_prompt": "a [dog] on a mat", "editing_type_id": "1", "blended_word": "cat dog",
+                       "mask": [start, 10]}}
+    (tmp_path / "mapping_file.json").write_text(json.dumps(mapping))
+    (entry,) = piebench_dataset(tmp_path)
+    assert entry.problem is None and entry.caption == "a cat on a mat" and entry.target_caption == "a dog on a mat"
+    mask = entry.mask()
+    assert mask.shape == (512, 512) and mask[100, 200:210].all() and not mask[100, 210] and not mask[101, 200]
+    assert int(mask.sum()) == 10 + 4 * 511  # the run plus the border
+
+
+# ----------------------------------------------------------------------------- background metrics
+
+SIDE = 32
+
+
+def _pair() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source 100/255 everywhere, edit 110.7/255 everywhere (8-bit: 110/255); keep = top half."""
+    source = torch.full((1, 3, SIDE, SIDE), 100 / 255)
+    edit = torch.full((1, 3, SIDE, SIDE), 110.7 / 255)
+    keep = torch.zeros(SIDE, SIDE, dtype=torch.bool)
+    keep[: SIDE // 2] = True
+    return edit, source, keep
+
+
+def test_to_8bit_truncates_like_latent2image_and_keeps_8bit_values() -> None:
+    x = torch.tensor([0.0, 110.7 / 255, 200 / 255, 1.0, 1.2, -0.1])
+    assert torch.equal(torch.round(to_8bit(x) * 255), torch.tensor([0.0, 110, 200, 255, 255, 0]))
+    levels = torch.arange(256) / 255
+    assert torch.equal(torch.round(to_8bit(levels) * 255), torch.arange(256).float())
+
+
+def test_pie_mse_and_psnr_average_over_the_whole_image() -> None:
+    edit, source, keep = _pair()
+    # 10 levels of error on the kept half, zeros (equal) on the other half: mean over all pixels.
+    expected_mse = (10 / 255) ** 2 / 2
+    assert pie_mse(edit, source, keep).item() == pytest.approx(expected_mse, rel=1e-6)
+    assert pie_psnr(edit, source, keep).item() == pytest.approx(10 * math.log10(2 * 255**2 / 100), rel=1e-6)
+    # the project's region convention averages over the kept pixels only (and does not quantise)
+    assert masked_mse(edit, source, keep).item() == pytest.approx((10.7 / 255) ** 2, rel=1e-6)
+
+
+def test_pie_ssim_constant_images_match_the_formula() -> None:
+    edit, source, _ = _pair()
+    keep = torch.ones(SIDE, SIDE, dtype=torch.bool)
+    a, b, c1 = 110 / 255, 100 / 255, 0.01**2  # constant images: SSIM = the luminance term alone
+    # float32, as torchmetrics in PnPInversion: the variances' round-off moves the 4th decimal
+    assert pie_ssim(edit, source, keep).item() == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), abs=3e-4)
+
+
+def test_differences_only_inside_the_edit_are_invisible() -> None:
+    edit, source, keep = _pair()
+    edit = torch.where(keep, source, edit)  # equal on the kept half
+    assert pie_mse(edit, source, keep).item() == 0.0
+    assert math.isinf(pie_psnr(edit, source, keep).item())
+    assert pie_ssim(edit, source, keep).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def _metrics(convention: str):
+    from eval.edit_harness import _Metrics
+    from eval.metrics.lpips_metric import LPIPS
+    from eval.metrics.masked import MaskedLPIPS
+
+    return _Metrics(LPIPS(), MaskedLPIPS(), None, convention=convention)
+
+
+def test_harness_background_piebench_convention_and_whole_image_mask() -> None:
+    from eval.edit_harness import _background
+    from eval.records import Unavailable
+
+    edit, source, keep = _pair()
+    entry = EditEntry("e", None, "a", target_caption="b", mask=lambda: (~keep).numpy())
+    values = _background(_metrics("piebench"), edit, source, entry, (SIDE, SIDE))
+    assert values["bg_mse"] == pytest.approx((10 / 255) ** 2 / 2, rel=1e-6)
+    assert values["bg_psnr"] == pytest.approx(10 * math.log10(2 * 255**2 / 100), rel=1e-6)
+    region = _background(_metrics("region"), edit, source, entry, (SIDE, SIDE))
+    assert region["bg_mse"] == pytest.approx((10.7 / 255) ** 2, rel=1e-6)
+    whole = EditEntry("w", None, "a", target_caption="b", mask=lambda: np.ones((SIDE, SIDE), dtype=bool))
+    for convention in ("piebench", "region"):
+        out = _background(_metrics(convention), edit, source, whole, (SIDE, SIDE))
+        assert all(isinstance(v, Unavailable) and "whole image" in v.reason for v in out.values())
+
+
+def test_whole_image_masks_are_left_out_of_the_means_with_a_count() -> None:
+    from eval.report.tables import paper_markdown, summarize
+
+    rows = []
+    for image, (status, value) in enumerate([("ok", 20.0), ("ok", 22.0), ("unavailable", math.nan)]):
+        rows.append({"run_id": "r", "model": "m", "schedule": "s", "inverter": "ddim+p2p", "image": f"i{image}",
+                     "caption": "c", "metric": "bg_psnr", "value": value, "status": status,
+                     "reason": "the edited region covers the whole image" if status != "ok" else "",
+                     "higher_is_better": True, "num_steps": 50, "guidance_scale": 7.5, "seed": 0})
+    records = pd.DataFrame(rows)
+    s = summarize(records).iloc[0]
+    assert s["mean"] == 21.0 and s["n"] == 2 and s["n_unavailable"] == 1
+    md = paper_markdown(records)
+    assert "`bg_psnr` unavailable: the edited region covers the whole image (1 of 3 images" in md
+
+
+# ----------------------------------------------------------------------------- structure distance
+
+
+def test_cosine_self_similarity_by_hand() -> None:
+    keys = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]])
+    r = 1 / math.sqrt(2)
+    expected = torch.tensor([[1, 0, r, 0], [0, 1, r, 0], [r, r, 1, 0], [0, 0, 0, 0]])
+    torch.testing.assert_close(cosine_self_similarity(keys)[0], expected)
+
+
+def test_resize_rule_and_unscaled_normalisation() -> None:
+    assert resize_size(512, 512) == (224, 224)
+    assert resize_size(512, 1024) == (224, 448)
+    assert resize_size(2048, 512) == (480, 120)  # longer side capped at 480, shorter shrunk with it
+    x = dino_input(torch.ones(1, 3, 512, 512))
+    expected = torch.tensor([(255 - 0.485) / 0.229, (255 - 0.456) / 0.224, (255 - 0.406) / 0.225])
+    torch.testing.assert_close(x[0, :, 0, 0], expected)  # PnPInversion normalises 0-255 values
+    assert x.shape == (1, 3, 224, 224)
+
+
+def _tiny_vit(layers: int = 2):
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=32,
+                    image_size=32, patch_size=8, layer_norm_eps=1e-6, hidden_act="gelu", qkv_bias=True)
+    model = ViTModel(cfg, add_pooling_layer=False).eval()
+    with torch.no_grad():  # non-trivial LayerNorm and bias values, so a mis-mapped tensor shows
+        for name, p in model.named_parameters():
+            if "layernorm" in name or name.endswith("bias"):
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def _as_transformers4_file(state: dict) -> dict:
+    """transformers 5 ViT names -> the names in the hub's files (transformers 4), written out by hand."""
+    names = {"attention.q_proj": "attention.attention.query", "attention.k_proj": "attention.attention.key",
+             "attention.v_proj": "attention.attention.value", "attention.o_proj": "attention.output.dense",
+             "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+    out = {}
+    for k, v in state.items():
+        if k.startswith("layers."):
+            _, i, rest = k.split(".", 2)
+            module, param = rest.rsplit(".", 1)
+            k = f"encoder.layer.{i}.{names.get(module, module)}.{param}"
+        out[k] = v
+    return out
+
+
+def _reference_keys(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        hidden = model(pixel_values=x, output_hidden_states=True).hidden_states[-2]  # input of the last layer
+        layer = (getattr(model, "layers", None) or model.encoder.layer)[-1]
+        att = layer.attention
+        key = att.k_proj if hasattr(att, "k_proj") else att.attention.key
+        return key(layer.layernorm_before(hidden))
+
+
+def test_dino_keys_match_transformers_vit() -> None:
+    model = _tiny_vit()
+    x = torch.randn(2, 3, 32, 32)
+    expected = _reference_keys(model, x)
+    state = dict(model.state_dict())
+    for named in (state, _as_transformers4_file(state)):
+        keys = DinoKeys(hf_to_dino(named), num_heads=2)(x)
+        assert keys.shape == (2, 1 + 16, 16)
+        torch.testing.assert_close(keys, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_structure_distance_from_local_hub_cache_and_unavailable_without(tmp_path, monkeypatch) -> None:
+    from safetensors.torch import save_file
+
+    for var in ("HF_HUB_CACHE", "HF_HOME", "TORCH_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    reason = StructureDistance().unavailable_reason()
+    assert reason is not None and "dino_vitbase8_pretrain.pth" in reason and "no download" in reason
+    assert "not a file" in (StructureDistance(weights=str(tmp_path / "x.pth")).unavailable_reason() or "") or \
+        "neither" in (StructureDistance(weights=str(tmp_path / "x.pth")).unavailable_reason() or "")
+
+    snap = tmp_path / "hf" / "hub" / "models--facebook--dino-vitb8" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    state = {k: v.contiguous() for k, v in _tiny_vit().state_dict().items()}
+    save_file(state, str(snap / "model.safetensors"))
+    assert find_dino_weights(None) == snap / "model.safetensors"
+    metric = StructureDistance()
+    assert metric.unavailable_reason() is None and metric.source == str(snap / "model.safetensors")
+    torch.manual_seed(1)
+    a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    assert metric(a, a).item() == 0.0
+    d_ab, d_ba = metric(a, b).item(), metric(b, a).item()
+    assert d_ab > 0 and d_ab == pytest.approx(d_ba, rel=1e-9)
