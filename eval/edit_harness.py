@@ -75,6 +75,7 @@ from eval.metrics.psnr import psnr
 from eval.records import RunInfo, Unavailable, new_run_id, provenance, write_provenance
 from eval.settings import RunSettings, settings_from_kwargs
 from eval.units import Unit, plan_units
+from eval.validate import task_refusal
 from eval.timing import time_call
 from gnri.core import CountingDenoiser, InversionResult, Tensor, reconstruct
 from gnri.edit.edit import edit_conditioning, prompt_swap
@@ -484,7 +485,15 @@ def evaluate_edits(
     return task.run(dataset, lambda u: edit_run.measure(u.entries[0]), f"edit {task.label}", on_rows)
 
 
+def _refuse(inverter: Inverter, task: str) -> None:
+    """Skip an inverter whose function names the tasks it runs for, and not this one (FlowEdit)."""
+    refusal = task_refusal(inverter, task)
+    if refusal is not None:
+        raise Skip(refusal)
+
+
 def _measure_interp(task: _Task, inverter: Inverter, a: Entry, b: Entry, lpips: Any, num_points: int) -> dict[str, Value]:
+    _refuse(inverter, "interpolate")
     adapter, schedule = task.adapter, task.settings.schedule
     guidance_scale, seed = task.settings.guidance_scale, task.settings.seed
     torch.manual_seed(seed)
@@ -562,6 +571,7 @@ def evaluate_exact(
     task = _Task(run_settings, adapter, run_settings.inverter, EXACT_METRICS, params, shard or Shard())
 
     def measure(unit: Unit) -> dict[str, Value]:
+        _refuse(inverter, "exact")
         entry = unit.entries[0]
         if not entry.caption:
             raise Skip(entry.problem or f"missing caption for {entry.image_id}")

@@ -59,6 +59,7 @@ from eval.records import (
 from eval.settings import RunSettings, settings_from_kwargs
 from eval.timing import NetworkTimes, PeakMemory, bare_network_times, time_call
 from eval.units import Unit, plan_units
+from eval.validate import task_refusal
 from gnri.core import (
     Conditioning,
     CountingDenoiser,
@@ -375,6 +376,9 @@ def _invert(run: _Run, denoiser: Any, img: _Image) -> InversionResult:
 
 def _measure(run: _Run, entry: Entry) -> dict[str, Any]:
     """Every metric value of one image (a str value is that metric's failure reason)."""
+    refusal = task_refusal(run.inverter, "reconstruct")  # e.g. FlowEdit: inversion-free editing
+    if refusal is not None:
+        raise _Skip(refusal)
     torch.manual_seed(run.settings.seed)
     img = _prepare(run, entry)
     device = img.latent.device

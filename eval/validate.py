@@ -37,6 +37,10 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     **{name: (0, None, False) for name in ("lr", "step_size", "fd_step")},
     **{name: (0, 1, False) for name in ("damping", "mix_weight", "lr_decay", "plateau_factor")},
     "interp": (0, 1, True),
+    # edit_friendly (skip: a fraction of the steps, < 1 checked by the inverter), flowedit
+    **{name: (1, None, True) for name in ("n_max", "n_avg")},
+    "n_min": (0, None, True),
+    "skip": (0, 1, True),
     # flow inverters (rf_inversion, uni_inv, ftedit); rf_inversion's eta (shared name, above) is also
     # checked <= 1 by the inverter itself
     **{name: (0, 1, True) for name in ("gamma", "start", "stop")},
@@ -176,3 +180,17 @@ def check_task_fits(task: str, dataset_name: str, entries: Sequence[Any]) -> Non
                           "(dataset=world_edits, dataset=piebench, or dataset=edit_folder with your edits.jsonl)")
     if task == "interpolate" and len(entries) < 2:
         raise ConfigError(f"task=interpolate pairs consecutive entries; dataset={dataset_name} has {len(entries)}")
+
+
+def task_refusal(inverter: Any, task: str) -> str | None:
+    """Why ``inverter`` does not apply to ``task``, or None. An inverter function that runs for some
+    tasks only names them in its ``tasks`` attribute (FlowEdit: ``("edit",)``; ``task_note`` says
+    why); the harness records such a run's rows as ``skipped`` with this reason."""
+    fn = inverter
+    while hasattr(fn, "func") and hasattr(fn, "keywords"):  # functools.partial (Hydra's _partial_)
+        fn = fn.func
+    tasks = getattr(fn, "tasks", None)
+    if tasks is None or task in tasks:
+        return None
+    note = getattr(fn, "task_note", "")
+    return f"{note + '; ' if note else ''}task={task} does not apply (it runs for task={', '.join(tasks)})"

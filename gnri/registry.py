@@ -19,9 +19,11 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
         "window": 3, "max_iters": 6, "tol": None, "damping": 1.0, "regularization": 1.0e-10, "keep_best": False}),
     "ddim": ("baselines.ddim.invert", {"timestep": "dst"}),
     "edict": ("baselines.edict.invert", {"mix_weight": 0.93, "leapfrog": True, "coupling": "auto"}),
+    "edit_friendly": ("baselines.edit_friendly.invert", {"eta": 1.0, "skip": 0.36, "zero_last": False, "seed": 0}),
     "fireflow": ("baselines.fireflow.invert", {"reuse": True}),
     "fixed_point": ("baselines.fixed_point.invert", {"max_iters": 30, "tol": None, "keep_best": False}),
     "fixed_point3": ("baselines.fixed_point.invert", {"max_iters": 3, "tol": None, "keep_best": False}),
+    "flowedit": ("baselines.flowedit.invert", {"n_max": 24, "n_min": 0, "n_avg": 1, "seed": 0}),
     "ftedit": ("baselines.ftedit.invert", {
         "num_fixpoint_steps": 2, "average_range": [0, 5], "residual": "source"}),
     "gnri": ("gnri.methods.gnri.invert", {
