@@ -364,11 +364,22 @@ def _footnotes(summary: pd.DataFrame) -> list[str]:
 
 
 def write_tables(records: pd.DataFrame, out_dir: str | Path, title: str | None = None) -> list[Path]:
-    """Write ``summary.csv``, ``paper_table.csv`` and ``paper_table.md`` into ``out_dir``; returns the paths."""
+    """Write ``summary.csv``, ``paper_table.csv`` and ``paper_table.md`` into ``out_dir``; returns the paths.
+
+    Runs of a paper preset (config ``paper_preset``) also get the paper's numbers beside theirs
+    (:mod:`eval.report.paper_numbers`): ``<metric>_paper`` / ``<metric>_difference`` columns in
+    ``paper_table.csv``, a section in ``paper_table.md`` and ``paper_comparison.csv``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from eval.report.paper_numbers import add_paper_columns, comparison_markdown, paper_comparison
+
     paths = [out / "summary.csv", out / "paper_table.csv", out / "paper_table.md"]
     summarize(records).to_csv(paths[0], index=False)
-    paper_table(records).to_csv(paths[1], index=False)
-    paths[2].write_text(paper_markdown(records, title), encoding="utf-8")
+    comparison = paper_comparison(records)  # runs of a paper preset: the paper's numbers beside ours
+    add_paper_columns(paper_table(records), comparison).to_csv(paths[1], index=False)
+    paths[2].write_text(paper_markdown(records, title) + ("\n" + comparison_markdown(comparison) if not comparison.empty
+                                                          else ""), encoding="utf-8")
+    if not comparison.empty:
+        paths.append(out / "paper_comparison.csv")
+        comparison.to_csv(paths[-1], index=False)
     return paths
