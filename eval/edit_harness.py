@@ -63,6 +63,7 @@ from tqdm.auto import tqdm
 from eval.data import Entry
 from eval.edit_data import EditEntry, fit_mask
 from eval.distributed import Shard
+from eval.finite import check_finite
 from eval.cache import TensorCache
 from eval.harness import BrokenAdapter, cached_conditioning, cached_image, image_cache_key, is_adapter
 from eval.loop import run_units
@@ -403,13 +404,14 @@ class _EditRun:
         result: InversionResult = inverted.value  # type: ignore[assignment]
         nfe = counting.counter.forward
         with torch.no_grad():
-            recon = adapter.decode_latents(reconstruct(adapter.denoiser(), result, grid, cond))
+            recon = check_finite(adapter.decode_latents(reconstruct(adapter.denoiser(), result, grid, cond)),
+                                 "reconstructed image")
             counting.counter.reset()
             edited = time_call(lambda: _edit(adapter, self.settings, counting, result, grid, entry, scale),
                                latent.device)
             if not bool(torch.isfinite(edited.value).all()):  # type: ignore[arg-type]
                 raise RuntimeError("diverged: non-finite latent after editing")
-            edit = adapter.decode_latents(edited.value)
+            edit = check_finite(adapter.decode_latents(edited.value), "edited image")
         if self.image_dir is not None:
             from eval.report.edit_plots import save_edit_images
 

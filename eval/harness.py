@@ -41,6 +41,7 @@ import torch
 from eval.cache import TensorCache, conditioning_from_tensors, conditioning_to_tensors
 from eval.data import Entry
 from eval.distributed import Shard
+from eval.finite import check_finite
 from eval.loop import run_units
 from eval.machine import warn_if_loaded
 from eval.metrics.base import ImageMetric
@@ -328,8 +329,8 @@ def cached_image(cache: TensorCache, key: dict[str, Any], adapter: Any, entry: E
         return tensors["pixels"], tensors["latent"], float(meta["ceiling_psnr"])
     pixels = fit_to_size(load_image(entry.path), adapter.image_size())[None]  # type: ignore[arg-type]
     with torch.no_grad():
-        latent = adapter.encode_images(pixels)
-        decoded = adapter.decode_latents(latent)
+        latent = check_finite(adapter.encode_images(pixels), "encoded latent (VAE encode)")
+        decoded = check_finite(adapter.decode_latents(latent), "VAE round-trip image (VAE decode)")
     pixels = pixels.to(decoded.device)
     ceiling = psnr(decoded, pixels)[0].item()
     cache.put("image", key, {"pixels": pixels, "latent": latent}, {"ceiling_psnr": ceiling})

@@ -68,18 +68,33 @@ def load_local(path: str | Path, name: str | None = None, device: str = "cpu", d
 def load_adapter(family: str, pretrained: Any, allow_pickle: bool = False, **options: Any) -> ModelAdapter:
     """Adapter for ``family`` from a hub name / local folder (``from_pretrained``) or a pipeline
     object (``from_pipeline``). ``options``: ``device``, ``dtype``, ``name``, ``image_size``,
-    ``guidance_distilled`` and the family's own (``prediction_type``, ``variant``; Flux
-    ``guidance``, ``max_sequence_length``). Weights load from safetensors only: a folder with
+    ``guidance_distilled`` and the family's own (``prediction_type``, ``variant``, ``vae`` (SD,
+    SDXL: a replacement VAE, e.g. the fp16-fix one); Flux ``guidance``, ``max_sequence_length``),
+    and the runtime options of :mod:`gnri.models.runtime` (``compile``, ``compile_mode``,
+    ``compile_backend``, ``channels_last``, ``offload``, ``vae_slicing``, ``vae_tiling``), applied
+    after the adapter is built. Weights load from safetensors only: a folder with
     only pickle weights is refused before loading, a hub id gets ``use_safetensors=True``,
     unless ``allow_pickle`` (``model.allow_pickle=true``; see :mod:`gnri.models.weights`)."""
+    from gnri.models.runtime import apply_runtime, runtime_options
+
     cls = adapter_class(family)
     if options.get("dtype") == "auto":
         options["dtype"] = auto_dtype(family, options.get("device", "cpu"))
     if pretrained is None:
         raise ValueError(f"model.pretrained must be a hub name, a local folder or a {family} pipeline, got None")
+    runtime = runtime_options(options)
+    if family == "flux" and options.pop("vae", None) is not None:
+        raise ValueError("model.vae applies to sd and sdxl (e.g. madebyollin/sdxl-vae-fp16-fix), not flux")
+    if options.get("vae") is not None and not isinstance(pretrained, (str, Path)):
+        options["allow_pickle"] = allow_pickle  # the replacement VAE's folder is checked like the pipeline's
+    device = options.get("device", "cpu")
+    if runtime.offload != "none":
+        options["device"] = "cpu"  # offload: the pipeline stays in CPU memory, never moved whole to the device
     if isinstance(pretrained, (str, Path)):
-        return cls.from_pretrained(pretrained, allow_pickle=allow_pickle, **options)
-    return cls.from_pipeline(pretrained, **options)
+        adapter = cls.from_pretrained(pretrained, allow_pickle=allow_pickle, **options)
+    else:
+        adapter = cls.from_pipeline(pretrained, **options)
+    return apply_runtime(adapter, runtime, device)
 
 
 def __getattr__(name: str) -> Any:

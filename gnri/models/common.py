@@ -116,18 +116,41 @@ def bare_call(network: Any, inputs: dict[str, Any], latent_key: str, grad: bool 
     return forward_backward
 
 
+def execution_device(module: Any) -> torch.device:
+    """Where ``module`` runs: its offload hook's execution device (diffusers'
+    ``enable_model_cpu_offload`` keeps it on the CPU until called), else its own device."""
+    hook = getattr(module, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    return torch.device(device) if device is not None else module.device
+
+
 def vae_encode(vae: Any, images: Tensor, scaling: float, shift: float) -> Tensor:
-    """[0, 1] images -> ``(posterior mode - shift) * scaling``, float32 (float64 for a float64 VAE)."""
-    x = (2.0 * images - 1.0).to(device=vae.device, dtype=vae.dtype)
+    """[0, 1] images -> ``(posterior mode - shift) * scaling``, float32 (float64 for a float64 VAE).
+    An overflowing VAE gives non-finite latents, returned as they are (the caller checks)."""
+    x = (2.0 * images - 1.0).to(device=execution_device(vae), dtype=vae.dtype)
     mode = vae.encode(x).latent_dist.mode()
     return ((mode - shift) * scaling).to(latent_dtype(vae.dtype))
 
 
 def vae_decode(vae: Any, latents: Tensor, scaling: float, shift: float) -> Tensor:
-    """Inverse of :func:`vae_encode`: latents -> [0, 1] images (clamped), float32 or float64."""
-    x = (latents / scaling + shift).to(device=vae.device, dtype=vae.dtype)
+    """Inverse of :func:`vae_encode`: latents -> [0, 1] images (clamped), float32 or float64.
+
+    Non-finite values become NaN before the clamp: an overflowing VAE (inf, e.g. SDXL's VAE in
+    float16) gives a NaN image that the caller's finiteness check refuses, never a white one."""
+    x = (latents / scaling + shift).to(device=execution_device(vae), dtype=vae.dtype)
     image = vae.decode(x).sample.to(latent_dtype(vae.dtype))
+    image = image.masked_fill(~torch.isfinite(image), float("nan"))
     return ((image + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def vae_dtype(network_dtype: torch.dtype, force_upcast: bool, never_half: bool = False) -> torch.dtype:
+    """The VAE's dtype beside a network in ``network_dtype``: float32 where the network runs in
+    float16 and the VAE config sets ``force_upcast`` (SD, SDXL: what diffusers' pipelines do before
+    decoding) or the family's VAE never runs in float16 (``never_half``: FLUX.1's, which runs in
+    bfloat16 or float32); else the network's own dtype."""
+    if network_dtype == torch.float16 and (force_upcast or never_half):
+        return torch.float32
+    return network_dtype
 
 
 def latent_dtype(network_dtype: torch.dtype) -> torch.dtype:

@@ -36,6 +36,7 @@ from gnri.models.common import (
     to_prediction,
     truncation_warning,
     vae_decode,
+    vae_dtype,
     vae_encode,
     vae_factors,
 )
@@ -133,6 +134,8 @@ class FluxAdapter:
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype)
         self.pipe = move(pipe, self.device, self.dtype)
+        if self.dtype == torch.float16:  # FLUX's VAE runs in bfloat16 or float32, never float16
+            self.pipe.vae.to(vae_dtype(self.dtype, False, never_half=True))
         self.pipe.set_progress_bar_config(disable=True)
         freeze(list(self.pipe.components.values()))
         side = int(self.pipe.vae.config.sample_size)

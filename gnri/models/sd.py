@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionPipeline
 
 from gnri.core import Conditioning, Grid, Level, Prediction, Tensor
 from gnri.models.base import ScheduleSpec
@@ -33,6 +33,7 @@ from gnri.models.common import (
     to_prediction,
     truncation_warning,
     vae_decode,
+    vae_dtype,
     vae_encode,
     vae_factors,
 )
@@ -40,6 +41,20 @@ from gnri.models.schedules import build_grid
 from gnri.models.weights import safe_load_kwargs
 
 ADDED_COND_KEYS = ("text_embeds", "time_ids")  # SDXL's added_cond_kwargs
+
+
+def load_vae(source: Any, dtype: torch.dtype, allow_pickle: bool = False) -> Any:
+    """A replacement VAE: an AutoencoderKL module as is, or loaded from a hub id or a folder (a
+    VAE folder, or a pipeline folder's ``vae/``), safetensors only unless ``allow_pickle``."""
+    if isinstance(source, torch.nn.Module):
+        return source
+    if not isinstance(source, (str, Path)) or not str(source):
+        raise ValueError(f"model.vae must be a hub id, a folder or null, got {source!r}")
+    path = Path(str(source)).expanduser()
+    subfolder = {"subfolder": "vae"} if (path / "vae" / "config.json").is_file() else {}
+    where = path / "vae" if subfolder else path
+    safe = safe_load_kwargs(where if where.exists() else source, allow_pickle)
+    return AutoencoderKL.from_pretrained(str(path) if path.exists() else str(source), dtype=dtype, **subfolder, **safe)
 
 
 @dataclass
@@ -89,8 +104,11 @@ class SDAdapter:
 
     ``prediction_type`` (None: the scheduler config's), ``image_size`` (None: UNet
     sample size x VAE factor, e.g. 512 for SD 1.5, 768 for SD 2.1), ``guidance_distilled``
-    (False for SD). The pipeline is moved to ``device``/``dtype``; a VAE whose config asks for
-    ``force_upcast`` stays in float32 under float16 (as in diffusers).
+    (False for SD), ``vae`` (None, or a replacement VAE: a hub id or folder of an AutoencoderKL,
+    e.g. ``madebyollin/sdxl-vae-fp16-fix``, or the module itself; ``allow_pickle`` as for the
+    pipeline). The pipeline is moved to ``device``/``dtype``; a VAE whose config asks for
+    ``force_upcast`` (SD's and SDXL's do, the fp16-fix VAE does not) stays in float32 under
+    float16 (as in diffusers: :func:`gnri.models.common.vae_dtype`).
     """
 
     family = "vp"
@@ -106,14 +124,19 @@ class SDAdapter:
         prediction_type: str | None = None,
         image_size: int | Sequence[int] | None = None,
         guidance_distilled: bool = False,
+        vae: Any = None,
+        allow_pickle: bool = False,
     ) -> None:
         self.name = name
         self.guidance_distilled = guidance_distilled
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype)
+        if vae is not None:
+            pipe.vae = load_vae(vae, self.dtype, allow_pickle)
         self.pipe = move(pipe, self.device, self.dtype)
-        if self.dtype == torch.float16 and getattr(self.pipe.vae.config, "force_upcast", False):
-            self.pipe.vae.to(torch.float32)
+        keep = vae_dtype(self.dtype, bool(getattr(self.pipe.vae.config, "force_upcast", False)))
+        if self.pipe.vae.dtype != keep:
+            self.pipe.vae.to(keep)
         self.pipe.set_progress_bar_config(disable=True)
         freeze(list(self.pipe.components.values()))
         self.prediction_type = prediction_type or self.pipe.scheduler.config.get("prediction_type", "epsilon")
@@ -149,8 +172,10 @@ class SDAdapter:
         """
         torch_dtype = resolve_dtype(dtype)
         safe = safe_load_kwargs(pretrained, allow_pickle)
+        vae = options.pop("vae", None)
+        components = {"vae": load_vae(vae, torch_dtype, allow_pickle)} if vae is not None else {}
         pipe = cls.pipeline_class.from_pretrained(
-            str(pretrained), dtype=torch_dtype, variant=variant, **safe, **cls._load_kwargs()
+            str(pretrained), dtype=torch_dtype, variant=variant, **safe, **cls._load_kwargs(), **components
         )
         options.setdefault("name", Path(str(pretrained)).name)
         return cls(pipe, device=device, dtype=torch_dtype, **options)

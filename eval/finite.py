@@ -1,0 +1,38 @@
+"""Dtype safety: a non-finite latent or image is a failure with its reason, never a number.
+
+Half precision overflows (float16's largest value is 65504; SDXL's VAE in float16 is the known
+case), and an overflow becomes inf, then NaN. A NaN or inf latent, or a decoded image with one,
+must not reach a metric: PSNR of a NaN image is NaN, and a clamped inf image is plain white.
+:func:`check_finite` raises :class:`NonFiniteError` (a RuntimeError, so the harnesses record the
+image as ``failed`` with the message) naming what was non-finite, how many values, and the dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gnri.core import Tensor
+
+
+class NonFiniteError(RuntimeError):
+    """A latent or image with NaN or inf values (one line: what, how many, which dtype)."""
+
+
+def nonfinite_reason(tensor: Tensor, what: str) -> str | None:
+    """One line naming ``what`` and its NaN / inf counts if ``tensor`` has any, else None."""
+    finite = torch.isfinite(tensor)
+    if bool(finite.all()):
+        return None
+    nan = int(torch.isnan(tensor).sum())
+    inf = int((~finite).sum()) - nan
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    return (f"non-finite values in the {what}: {nan} NaN, {inf} inf of {tensor.numel()} ({dtype}; "
+            "a half-precision overflow or a diverging method)")
+
+
+def check_finite(tensor: Tensor, what: str) -> Tensor:
+    """``tensor`` itself if every value is finite, else raise :class:`NonFiniteError`."""
+    reason = nonfinite_reason(tensor, what)
+    if reason is not None:
+        raise NonFiniteError(reason)
+    return tensor
