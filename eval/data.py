@@ -6,6 +6,9 @@ A dataset is a list of :class:`Entry` (no pixels yet). Three sources:
   ``{"image": "<path relative to the folder>", "caption": "..."}`` per line;
 - :func:`coco_dataset`: a COCO captions JSON (``images[].id/file_name``,
   ``annotations[].image_id/caption``; the first caption of an image is used) and its image folder;
+  with ``ids`` (a committed id list, e.g. ``datasets/coco2017_val_ids.txt``) only those images, in
+  the list's order, so ``max_images=N`` takes the list's first N (:func:`subset_order` is the rule
+  that ordered it);
 - :func:`sample_dataset`: the built-in sample in ``datasets/sample/`` (drawn by
   :func:`draw_sample`; regenerate with ``python -m eval.data datasets/sample``).
 
@@ -31,6 +34,7 @@ records the entry as skipped with that reason.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -214,11 +218,50 @@ def with_caption_warnings(entries: Iterable[Entry], adapter: Any) -> list[Entry]
     return out
 
 
-def coco_dataset(path: str | Path, images: str | Path | None = None) -> list[Entry]:
+COCO_VAL_IDS = Path(__file__).resolve().parents[1] / "datasets" / "coco2017_val_ids.txt"
+SUBSET_SALT = "gnri-bench:coco2017-val"  # the seed of the committed COCO order (subset_order)
+
+
+def subset_order(ids: Iterable[int], salt: str = SUBSET_SALT) -> list[int]:
+    """``ids`` in a fixed pseudo-random order: ascending SHA-256 hex digest of ``f"{salt}:{id}"``.
+
+    A seeded shuffle that any language can redo, and whose prefixes are the subsets: the first
+    N of the order is the N-image subset, for every N.
+    """
+    return sorted(set(int(i) for i in ids), key=lambda i: hashlib.sha256(f"{salt}:{i}".encode()).hexdigest())
+
+
+def read_id_list(path: str | Path) -> list[int]:
+    """Image ids, one per line (``#`` comments and blank lines skipped); one-line ValueError if bad.
+
+    A relative path that does not exist from the working directory is read from the repository.
+    """
+    file = Path(path).expanduser()
+    if not file.is_absolute() and not file.exists():
+        file = Path(__file__).resolve().parents[1] / file
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise ValueError(f"dataset.ids: cannot read {str(path)!r}: {err.strerror or err}") from None
+    ids = []
+    for n, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            if not text.isdigit():
+                raise ValueError(f"dataset.ids: {file} line {n}: {text!r} is not an image id")
+            ids.append(int(text))
+    if not ids or len(set(ids)) != len(ids):
+        raise ValueError(f"dataset.ids: {file} " + ("lists no ids" if not ids else "repeats an id"))
+    return ids
+
+
+def coco_dataset(path: str | Path, images: str | Path | None = None, ids: str | Path | None = None) -> list[Entry]:
     """Entries of a COCO captions JSON ``path``; ``images`` defaults to the JSON's folder.
 
     An image's caption is its first non-blank one (stripped); an image listed twice with
-    different captions is told apart as for :func:`folder_dataset`.
+    different captions is told apart as for :func:`folder_dataset`. ``ids``: a file of image
+    ids (:func:`read_id_list`): only those images, in its order; an id the JSON lacks is a
+    one-line error (the list is of another split or year).
     """
     file = Path(path)
     folder = Path(images) if images is not None else file.parent
@@ -235,8 +278,17 @@ def coco_dataset(path: str | Path, images: str | Path | None = None) -> list[Ent
             key, text = ann.get("image_id"), ann["caption"].strip()
             if not captions.get(key):  # the first non-blank caption wins
                 captions[key] = text
+    wanted = read_id_list(ids) if ids is not None else None
+    listed = data["images"]
+    if wanted is not None:
+        by_id = {img.get("id"): img for img in listed if isinstance(img, dict) and _hashable(img.get("id"))}
+        absent = [i for i in wanted if i not in by_id]
+        if absent:
+            raise ValueError(f"dataset.ids: {len(absent)} of {len(wanted)} listed ids (first {absent[0]}) are not "
+                             f"in {str(file)!r}; is it captions_val2017.json?")
+        listed = [by_id[i] for i in wanted]
     entries = []
-    for n, img in enumerate(data["images"]):
+    for n, img in enumerate(listed):
         where = f"images[{n}]"
         if not isinstance(img, dict) or not isinstance(img.get("file_name"), str) or not img["file_name"].strip():
             entries.append(Entry(where, None, None, f"{where}: needs 'file_name'"))

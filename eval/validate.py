@@ -158,17 +158,30 @@ def check_schedule(model_name: str, model_cfg: Mapping[str, Any], schedule_name:
                           f"({family} family); its kinds: {', '.join(allowed)} (e.g. schedule={names})")
 
 
+# What to download for a dataset the user brings, and where to point the config (one line each).
+DOWNLOAD_HINTS = {
+    "coco": "get COCO 2017 val (annotations_trainval2017.zip and val2017.zip from https://cocodataset.org/#download) "
+            "and set dataset.path=<coco>/annotations/captions_val2017.json dataset.images=<coco>/val2017",
+    "piebench": "get PIE-Bench (the form linked from https://github.com/cure-lab/PnPInversion) and set "
+                "dataset.path=<PIE-Bench>/data (the folder with mapping_file.json and annotation_images/)",
+}
+
+
 def check_dataset_config(dataset_name: str, dataset_cfg: Any) -> None:
-    """A required ``dataset.path`` that is missing (``???``) or names nothing on disk."""
+    """A required ``dataset.path`` that is missing (``???``) or names nothing on disk, or a given
+    ``dataset.images`` folder that does not exist; the message says what to download where known."""
     from omegaconf import OmegaConf
 
     if "path" not in dataset_cfg.keys():
         return
+    hint = f": {DOWNLOAD_HINTS[dataset_name]}" if dataset_name in DOWNLOAD_HINTS else ""
     if OmegaConf.is_missing(dataset_cfg, "path"):
-        raise ConfigError(f"dataset={dataset_name} needs dataset.path=<folder or file> (see conf/dataset/{dataset_name}.yaml)")
-    path = dataset_cfg.get("path")
-    if path is not None and not Path(str(path)).expanduser().exists():
-        raise ConfigError(f"dataset={dataset_name}: dataset.path={path} does not exist")
+        raise ConfigError(f"dataset={dataset_name} needs dataset.path=<folder or file> "
+                          f"(see conf/dataset/{dataset_name}.yaml){hint}")
+    for key in ("path", "images"):
+        value = dataset_cfg.get(key) if key in dataset_cfg.keys() else None
+        if value is not None and not Path(str(value)).expanduser().exists():
+            raise ConfigError(f"dataset={dataset_name}: dataset.{key}={value} does not exist{hint}")
 
 
 def check_task_fits(task: str, dataset_name: str, entries: Sequence[Any]) -> None:
