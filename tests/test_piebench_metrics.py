@@ -241,3 +241,33 @@ def test_structure_distance_from_local_hub_cache_and_unavailable_without(tmp_pat
     assert metric(a, a).item() == 0.0
     d_ab, d_ba = metric(a, b).item(), metric(b, a).item()
     assert d_ab > 0 and d_ab == pytest.approx(d_ba, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- the edit loop
+
+
+def test_edit_loop_piebench_convention_with_local_dino(tiny_sd_adapter, tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from baselines import ddim
+    from eval.edit_data import world_edit_dataset
+    from eval.edit_harness import EditSettings, evaluate_edits
+    from gnri.models.base import ScheduleSpec
+
+    dino = tmp_path / "dino"
+    dino.mkdir()
+    model = _tiny_vit()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(dino / "model.safetensors"))
+    (dino / "config.json").write_text(json.dumps({"num_attention_heads": 2}))
+    entries = world_edit_dataset(cache_dir=tmp_path / "cache", max_pairs=1)
+    params = {"mask_convention": "piebench", "structure": {"weights": str(dino)}}
+    df = evaluate_edits(tiny_sd_adapter, ScheduleSpec("ddim", 2), ddim.invert, "ddim", entries, EditSettings(),
+                        progress=False, out_dir=tmp_path / "run", task_params=params, save_images=False)
+    by = df.set_index("metric")
+    for name in ("bg_psnr", "bg_mse", "bg_ssim", "structure_distance"):
+        assert by.loc[name, "status"] == "ok", (name, by.loc[name, "reason"])
+    assert by.loc["bg_psnr", "value"] == pytest.approx(10 * math.log10(1 / by.loc["bg_mse", "value"]), rel=1e-9)
+    assert by.loc["structure_distance", "value"] > 0
+    with pytest.raises(ValueError, match="task.mask_convention must be one of"):
+        evaluate_edits(tiny_sd_adapter, ScheduleSpec("ddim", 2), ddim.invert, "ddim", entries, EditSettings(),
+                       progress=False, task_params={"mask_convention": "pie"})
