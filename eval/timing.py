@@ -138,3 +138,20 @@ def bare_network_times(
         both = median(make(z, level, cond, grad=True))  # type: ignore[operator]
         backward_s = max(both - forward, 0.0) / per_call
     return NetworkTimes(forward / per_call, backward_s)
+
+
+def generation_peak_mb(generate: Callable[[], object], device: torch.device) -> float:
+    """Peak memory (MiB) of plain generation (``generate``: e.g. ``gnri.core.sample`` from a latent
+    of the run's shape, under ``torch.no_grad``), measured as a method's inversion is
+    (:class:`PeakMemory`, after the caller's warm-up): the baseline of
+    :func:`memory_beyond_generation`."""
+    with torch.no_grad(), PeakMemory(device) as memory:
+        generate()
+    return memory.mb
+
+
+def memory_beyond_generation(method_mb: float, generation_mb: float) -> float:
+    """``peak_memory_extra_mb``: a method's peak minus plain generation's peak, both measured the
+    same way on the same device (MiB; what a user compares on a 24 GB card: the weights and the
+    sampler's own activations are in both, so only the method's extra state remains)."""
+    return method_mb - generation_mb

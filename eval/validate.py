@@ -144,6 +144,12 @@ def check_model_config(model_name: str, model_cfg: Any) -> None:
     if "path" in model_cfg.keys() and OmegaConf.is_missing(model_cfg, "path"):
         raise ConfigError(f"model={model_name} needs model.path=<a local diffusers pipeline folder>")
     adapter_family(OmegaConf.to_container(model_cfg, resolve=True))  # type: ignore[arg-type]
+    from gnri.models.runtime import check_runtime_config  # compile, offload, ... (one line, before loading)
+
+    try:
+        check_runtime_config(OmegaConf.to_container(model_cfg, resolve=True))  # type: ignore[arg-type]
+    except ValueError as err:
+        raise ConfigError(f"model={model_name}: {err}") from None
 
 
 def check_schedule(model_name: str, model_cfg: Mapping[str, Any], schedule_name: str, kind: str) -> None:
