@@ -137,6 +137,7 @@ def run_task(settings: Any, node: DictConfig, adapter: Any, inverter: Any, datas
         edit_settings = edit_harness.EditSettings(
             options.get("editor", "prompt_swap"), options.get("edit_guidance_scale"),
             options.get("negative_prompt", ""), dict(options.get("p2p") or {}),
+            v_inject=dict(options.get("v_inject") or {}),
         )
         return edit_harness.evaluate_edits(
             adapter, settings.schedule, inverter, settings.inverter, dataset, edit_settings, clip=CLIPScore(**clip),

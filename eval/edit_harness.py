@@ -9,7 +9,9 @@ finishes, and ``provenance.json`` is written first.
 invert the source (fitted to the model's size) with the source caption at the run's guidance,
 reconstruct it, then edit with the target caption: ``editor="prompt_swap"``
 (:func:`gnri.edit.prompt_swap`, GNRI's editing: negative ``""``, ``edit_guidance_scale``, None =
-the inversion's) or ``"p2p"`` (:func:`gnri.edit.p2p_edit`, both branches at the edit guidance).
+the inversion's), ``"p2p"`` (:func:`gnri.edit.p2p_edit`, both branches at the edit guidance) or
+``"v_inject"`` (:func:`gnri.edit.v_injection.injected_edit`, Flux only: RF-Edit's / FireFlow's
+value injection, source pass and target pass at the edit guidance, both counted in the edit's NFE).
 The ``inverter`` column is ``<inverter>+<editor>`` (PIE-Bench's ``ddim+p2p`` naming) and
 ``caption`` is ``"<source caption> -> <target caption>"``. Metrics (:data:`EDIT_METRICS`), on
 [0, 1] pixels at the model's size, edit vs source unless said otherwise:
@@ -87,7 +89,7 @@ from gnri.models.base import ModelAdapter, ScheduleSpec
 
 log = logging.getLogger(__name__)
 Inverter = Callable[..., InversionResult]
-EDITORS = ("prompt_swap", "p2p")
+EDITORS = ("prompt_swap", "p2p", "v_inject")
 MASK_CONVENTIONS = ("region", "piebench")  # eval.metrics.masked: over the region / PnPInversion's evaluator
 STRUCTURE_REASON = "no structure-distance metric configured (eval.metrics.structure.StructureDistance)"
 # name -> higher_is_better (documented in the module docstring).
@@ -314,6 +316,7 @@ class EditSettings:
     guidance_scale: float | None = None  # None: the inversion's guidance scale
     negative_prompt: str = ""
     p2p: dict[str, Any] = field(default_factory=dict)  # gnri.edit.p2p_edit keyword arguments
+    v_inject: dict[str, Any] = field(default_factory=dict)  # gnri.edit.v_injection.injected_edit keyword arguments
 
     def __post_init__(self) -> None:
         if self.editor not in EDITORS:
@@ -331,6 +334,15 @@ def _edit(adapter: Any, settings: EditSettings, counting: Any, result: Inversion
         except ValueError as err:
             raise Skip(f"does not apply: {_one_line(err)}") from None
         return target
+    if settings.editor == "v_inject":  # RF-Edit / FireFlow: source values in Flux's single blocks
+        from gnri.edit.v_injection import injected_edit
+
+        source, target_cond = (edit_conditioning(adapter, [c or ""], scale, settings.negative_prompt)
+                               for c in (entry.caption, entry.target_caption))
+        try:
+            return injected_edit(adapter, result, grid, source, target_cond, denoiser=counting, **settings.v_inject)
+        except ValueError as err:
+            raise Skip(f"does not apply: {_one_line(err)}") from None
     cond = edit_conditioning(adapter, [entry.target_caption or ""], scale, settings.negative_prompt)
     return prompt_swap(counting, result, grid, cond)
 
@@ -473,6 +485,8 @@ def evaluate_edits(
                "negative_prompt": settings.negative_prompt, "lpips_net": lpips_net}
     if settings.editor == "p2p":
         options["p2p"] = settings.p2p
+    if settings.editor == "v_inject":
+        options["v_inject"] = settings.v_inject
     run_settings = _run_settings(run, schedule, inverter_name, "edit", options, fields)
     params = {**dict(run_settings.inverter_params), **{k: v for k, v in options.items() if k != "lpips_net"}}
     task = _Task(run_settings, adapter, f"{run_settings.inverter}+{settings.editor}", EDIT_METRICS, params,
