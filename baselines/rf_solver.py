@@ -24,9 +24,9 @@ inverter on a Flux transformer.
 Differences from the public code:
 - Steps use the grid's sigmas (``Level.s``); the code steps in its timesteps ``t``, which for
   Flux are the same numbers.
-- The code inverts with FLUX-dev's guidance embedding at 1 and samples with ``--guidance``;
-  here the adapter's guidance value (``model.guidance``) serves both, and classifier-free
-  guidance follows ``cond`` as for every inverter.
+- The code inverts with FLUX-dev's guidance embedding at 1 and samples with ``--guidance`` (2
+  in its scripts); here the conditioning passed in decides (in the harness: the run's
+  ``guidance_scale`` for inversion and reconstruction, ``task.edit_guidance_scale`` for edits).
 - Arithmetic runs in the latents' dtype (the code: bfloat16 on the GPU).
 """
 
