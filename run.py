@@ -206,7 +206,8 @@ def build_settings(cfg: DictConfig, run_dir: Path, cache_dir: Path | None, devic
         schedule_name=choices.get("schedule"), checkpoint=checkpoint_identity(model_cfg), task=task,
         task_params=task_cfg, metrics=tuple(metric_cfg["names"]) if reconstruct else (),
         metric_options=dict(metric_cfg.get("options") or {}) if reconstruct else {},
-        device=device, dtype=str(dtype), seed=cfg.seed, guidance_scale=cfg.guidance_scale, warmup=cfg.warmup,
+        device=device, dtype=str(dtype), seed=cfg.seed, guidance_scale=cfg.guidance_scale,
+        true_cfg_scale=float(cfg.get("true_cfg_scale", 1.0)), warmup=cfg.warmup,
         repeats=cfg.repeats, time_network=bool(cfg.get("time_network", True)), max_images=cfg.max_images,
         progress=cfg.progress, out_dir=run_dir,
         cache_dir=cache_dir, resume=bool(cfg.get("resume", True)), config=OmegaConf.to_container(cfg, resolve=True),
@@ -216,17 +217,31 @@ def build_settings(cfg: DictConfig, run_dir: Path, cache_dir: Path | None, devic
 def _adapter_factory(cfg: DictConfig, device: str, multirun: bool) -> Any:
     """A zero-argument builder of the model (called only when a unit is left to compute); in a
     multirun a model that cannot be built becomes a BrokenAdapter, so the sweep goes on."""
+    from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
     from eval.harness import BrokenAdapter
 
+    name = HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else cfg.model.get("name")
+
     def build() -> Any:
+        from eval.validate import ConfigError
+
         overrides: dict[str, str] = {"device": device} if cfg.device is not None or device.startswith("cuda:") else {}
         if cfg.dtype is not None:
             overrides["dtype"] = cfg.dtype
         try:
-            return instantiate(cfg.model, **overrides)
+            adapter = instantiate(cfg.model, **overrides)
+            # what the config could not tell before loading (a FLUX transformer built in code or not cached)
+            check = getattr(adapter, "guidance_problem", None)
+            problem = check(cfg.guidance_scale, float(cfg.get("true_cfg_scale", 1.0))) if callable(check) else None
+            if problem:
+                raise ConfigError(f"model={name}: {problem}")
+            return adapter
         except Exception as err:
+            if isinstance(err, ConfigError) and not multirun:
+                print(f"run.py: {err}", file=sys.stderr)
+                sys.exit(2)
             if not multirun:
                 raise
             log.exception("model %s could not be built; its rows are recorded as failed", cfg.model.get("name"))
@@ -236,8 +251,8 @@ def _adapter_factory(cfg: DictConfig, device: str, multirun: bool) -> Any:
 
 
 def validated_dataset(cfg: DictConfig) -> Any:
-    """Check the inverter's options, the schedule against the model family, the dataset's path
-    and that the task fits the dataset, loading no model; the dataset's entries. A mistake
+    """Check the inverter's options, the schedule against the model family, the guidance scales
+    against the model, the dataset's path and that the task fits the dataset, loading no model; the dataset's entries. A mistake
     prints one line and exits with status 2 (:mod:`eval.validate`)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
@@ -255,6 +270,12 @@ def validated_dataset(cfg: DictConfig) -> Any:
             raise validate.ConfigError(f"schedule={names['schedule']}: {err}") from None
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         validate.check_schedule(names["model"], model_cfg, names["schedule"], schedule.kind)  # type: ignore[arg-type]
+        true_cfg = cfg.get("true_cfg_scale", 1.0)
+        validate.check_guidance(names["model"], model_cfg, cfg.guidance_scale, true_cfg)  # type: ignore[arg-type]
+        edit_scale = cfg.task.get("edit_guidance_scale") if "task" in cfg and cfg.task.get("name") == "edit" else None
+        if edit_scale is not None:
+            validate.check_guidance(names["model"], model_cfg, edit_scale, true_cfg,  # type: ignore[arg-type]
+                                    option="task.edit_guidance_scale")
         validate.check_dataset_config(names["dataset"], cfg.dataset)
         try:
             dataset = instantiate(cfg.dataset)

@@ -8,7 +8,8 @@ from the config.
 
 :meth:`RunSettings.key_fields` is the part of it that decides a result: the checkpoint's
 identity (not the config name), device and dtype, the schedule, the inverter and its resolved
-hyperparameters, the task and its options, the metric set, seed and guidance. Warm-up, repeats,
+hyperparameters, the task and its options, the metric set, seed and guidance (``guidance_scale``, and
+``true_cfg_scale`` when it is not 1). Warm-up, repeats,
 progress, paths and ``max_images`` change no value and stay out. :func:`unit_key` adds one
 dataset item (index, image-file hash, caption) to it: the content key stored in every row.
 """
@@ -45,7 +46,8 @@ class RunSettings:
     device: str = "unknown"  # as resolved for the model (enters the key: values differ by device)
     dtype: str = "unknown"
     seed: int = 0
-    guidance_scale: float = 1.0
+    guidance_scale: float = 1.0  # UNet: classifier-free guidance; FLUX: the guidance embedding's input
+    true_cfg_scale: float = 1.0  # FLUX: true classifier-free guidance when > 1 (two forwards); UNet: stays 1
     warmup: int = 1
     repeats: int = 1
     time_network: bool = True  # time the bare network once per run (eval.timing.bare_network_times)
@@ -81,7 +83,17 @@ class RunSettings:
             "inverter_params": dict(self.inverter_params), "task": self.task, "task_params": dict(self.task_params),
             "metrics": list(self.metrics), "metric_options": dict(self.metric_options),
             "seed": self.seed, "guidance_scale": float(self.guidance_scale),
+            **({"true_cfg_scale": float(self.true_cfg_scale)} if float(self.true_cfg_scale) != 1.0 else {}),
         }
+
+
+    def guidance_options(self) -> dict[str, float]:
+        """The keyword arguments of ``adapter.encode_prompts`` for the run's guidance
+        (``true_cfg_scale`` only when it is on, so an adapter without the keyword still takes them)."""
+        options = {"guidance_scale": float(self.guidance_scale)}
+        if float(self.true_cfg_scale) != 1.0:
+            options["true_cfg_scale"] = float(self.true_cfg_scale)
+        return options
 
 
 def digest(data: Any) -> str:

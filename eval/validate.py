@@ -5,7 +5,9 @@ type (from the annotation: int, float, bool, str, ``Literal`` choices, ``X | Non
 or out of its range (:data:`RANGES`, by parameter meaning) is a :class:`ConfigError`.
 :func:`check_schedule` refuses a schedule kind the model's family cannot use (read from the model
 config without loading it), :func:`check_dataset_config` a missing or absent ``dataset.path``,
-and :func:`check_task_fits` a task the dataset does not fit (``task=edit`` without edit pairs).
+and :func:`check_task_fits` a task the dataset does not fit (``task=edit`` without edit pairs), and
+:func:`check_guidance` a guidance scale the model cannot use (``guidance_scale`` on a FLUX
+transformer without guidance embedding, ``true_cfg_scale`` on a UNet).
 Per-image problems (a broken file, a divergence) stay rows; these are settings.
 """
 
@@ -162,6 +164,75 @@ def check_schedule(model_name: str, model_cfg: Mapping[str, Any], schedule_name:
         names = "flow4, flow8" if family == "flow" else "ddim50, ddim10, euler4_trailing, ..."
         raise ConfigError(f"schedule={schedule_name} (kind {kind}) does not apply to model={model_name} "
                           f"({family} family); its kinds: {', '.join(allowed)} (e.g. schedule={names})")
+
+
+# What to download for a dataset the user brings, and where to point the config (one line each).
+DOWNLOAD_HINTS = {
+    "coco": "get COCO 2017 val (annotations_trainval2017.zip and val2017.zip from https://cocodataset.org/#download) "
+            "and set dataset.path=<coco>/annotations/captions_val2017.json dataset.images=<coco>/val2017",
+    "piebench": "get PIE-Bench (the form linked from https://github.com/cure-lab/PnPInversion) and set "
+                "dataset.path=<PIE-Bench>/data (the folder with mapping_file.json and annotation_images/)",
+}
+
+
+def transformer_guidance_embeds(model_cfg: Mapping[str, Any]) -> bool | None:
+    """Whether a FLUX model config's transformer has a guidance embedding, read without loading
+    it: ``transformer/config.json`` of the local folder it names (``pretrained``/``folder``/
+    ``path``, or its factory's ``weights_location``), or of a hub id already in the local
+    Hugging Face cache. None: cannot tell (a model built in code, a hub id not downloaded)."""
+    import json
+
+    from eval.identity import PATH_KEYS
+
+    folder: Path | None = None
+    for key in PATH_KEYS:
+        value = model_cfg.get(key)
+        if not isinstance(value, (str, Path)) or not str(value) or str(value) == "???":
+            continue
+        path = Path(value).expanduser()
+        if path.exists():
+            folder = path
+            break
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(str(value), "transformer/config.json", revision=model_cfg.get("revision"))
+        except Exception:  # noqa: BLE001 - not a repo id, no cache: unknown
+            cached = None
+        if isinstance(cached, str):
+            folder = Path(cached).parent.parent
+        break
+    if folder is None:
+        try:
+            where = getattr(locate(str(model_cfg.get("_target_", ""))), "weights_location", None)
+        except (ImportError, AttributeError, ValueError):
+            where = None
+        if callable(where):
+            folder = Path(where(**{k: v for k, v in model_cfg.items() if not k.startswith("_")}))
+    config = folder / "transformer" / "config.json" if folder is not None else None
+    if config is None or not config.is_file():
+        return None
+    try:
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("guidance_embeds", False))
+    except (OSError, ValueError):
+        return None
+
+
+def check_guidance(model_name: str, model_cfg: Mapping[str, Any], guidance_scale: Any, true_cfg_scale: Any,
+                   option: str = "guidance_scale") -> None:
+    """A guidance scale the model cannot use (:func:`gnri.models.base.guidance_error`, as diffusers
+    means each scale per family); ``option`` names the guidance_scale setting in the message
+    (``task.edit_guidance_scale`` for edits). A FLUX transformer read as unknown is left to the adapter."""
+    from gnri.models.base import guidance_error
+
+    family = adapter_family(model_cfg)
+    kind = None if family is None else ("flux" if family == "flux" else "unet")
+    embeds = transformer_guidance_embeds(model_cfg) if kind == "flux" else None
+    problem = guidance_error(kind, embeds, guidance_scale, true_cfg_scale)
+    if problem:
+        if option != "guidance_scale":
+            problem = problem.replace("guidance_scale=", f"{option}=", 1)
+        raise ConfigError(f"model={model_name}: {problem}")
 
 
 # What to download for a dataset the user brings, and where to point the config (one line each).

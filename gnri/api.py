@@ -15,6 +15,16 @@ No Hydra, no harness::
 ``method`` is a name of the harness's ``conf/inverter`` group (:func:`list_methods`; the same
 defaults, keyword arguments override them) or any callable with the inverter signature;
 ``schedule`` a name of ``conf/schedule`` or a :class:`ScheduleSpec`.
+
+Guidance takes the command line's two switches, meaning what the model's diffusers pipeline
+means (:func:`gnri.models.base.guidance_error`): ``guidance_scale`` is classifier-free guidance
+on SD/SDXL (SDXL-Turbo included: > 1 is on, two network calls per step) and the guidance
+embedding's input on FLUX.1-dev (one call; FLUX.1-schnell has no embedding and takes only 1);
+``true_cfg_scale > 1`` is FLUX's true classifier-free guidance with ``negative_prompt``
+(``""`` unless given; two calls per step). A scale the model cannot use is a one-line ValueError::
+
+    inv = gnri.invert(flux_dev, "cat.png", "a cat", guidance_scale=3.5)          # embedding, 1 call/step
+    inv = gnri.invert(flux_dev, "cat.png", "a cat", true_cfg_scale=2.0, negative_prompt="")  # true CFG
 """
 
 from __future__ import annotations
@@ -195,6 +205,14 @@ class Inversion:
     schedule: ScheduleSpec | None = None
     negative_prompts: list[str] | None = None
     nfe: NFECounter = field(default_factory=NFECounter)  # network passes of the inversion (the whole batch)
+    guidance_scale: float | None = None  # the run's guidance_scale (None: the conditioning's scale)
+    true_cfg_scale: float = 1.0  # the run's true_cfg_scale (FLUX's true classifier-free guidance)
+
+    @property
+    def guidance(self) -> dict[str, float]:
+        """The guidance the inversion ran with, as :func:`invert` took it."""
+        scale = self.cond.guidance_scale if self.guidance_scale is None else self.guidance_scale
+        return {"guidance_scale": float(scale), "true_cfg_scale": float(self.true_cfg_scale)}
 
     @property
     def z(self) -> Tensor:
@@ -205,25 +223,29 @@ class Inversion:
         prompt = repr(self.prompts[0]) + (f" (+{len(self.prompts) - 1} more)" if len(self.prompts) > 1 else "")
         steps = f"{self.schedule.kind} {self.schedule.num_steps}" if self.schedule else f"{self.grid.num_steps} steps"
         return (f"Inversion(method={self.method!r}, model={getattr(self.adapter, 'name', '?')!r}, images={len(self.prompts)}, "
-                f"schedule='{steps}', prompt={prompt}, guidance={self.cond.guidance_scale:g}, "
+                f"schedule='{steps}', prompt={prompt}, guidance={self.guidance['guidance_scale']:g}, "
+                + (f"true_cfg={self.true_cfg_scale:g}, " if self.true_cfg_scale != 1 else "") +
                 f"z={tuple(self.z.shape)}, nfe={self.nfe.forward}+{self.nfe.backward}vjp)")
 
     @torch.no_grad()
     def regenerate(
         self, prompt: str | list[str] | None = None, guidance_scale: float | None = None,
-        negative_prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None, true_cfg_scale: float | None = None,
     ) -> Tensor:
         """Sample from the inverted latent: the source prompt reconstructs, another one edits.
 
-        Uses the method's own sampler or per-step conditioning when it has them (EDICT,
-        null-text). Returns images (B, 3, H, W) in [0, 1].
+        ``guidance_scale`` / ``true_cfg_scale`` (None: the inversion's) as in :func:`invert`. Uses
+        the method's own sampler or per-step conditioning when it has them (EDICT, null-text).
+        Returns images (B, 3, H, W) in [0, 1].
         """
         cond = self.cond
-        if prompt is not None or guidance_scale is not None or negative_prompt is not None:
-            scale = self.cond.guidance_scale if guidance_scale is None else guidance_scale
+        if any(v is not None for v in (prompt, guidance_scale, negative_prompt, true_cfg_scale)):
+            scales = dict(self.guidance)
+            scales.update({k: v for k, v in (("guidance_scale", guidance_scale), ("true_cfg_scale", true_cfg_scale))
+                           if v is not None})
             prompts = self.prompts if prompt is None else _as_list(prompt, self.latent.shape[0])
             negatives = None if negative_prompt is None else _as_list(negative_prompt, len(prompts))
-            cond = self.adapter.encode_prompts(prompts, scale, negatives)
+            cond = self.adapter.encode_prompts(prompts, scales["guidance_scale"], negatives, **_true_cfg(scales))
         return self.adapter.decode_latents(reconstruct(self.adapter.denoiser(), self.result, self.grid, cond))
 
     @torch.no_grad()
@@ -253,7 +275,7 @@ class Inversion:
         meta: dict[str, Any] = {
             "format": FORMAT, "method": self.method, "hyperparameters": self.hyperparameters,
             "schedule": asdict(self.schedule) if self.schedule else None, "prompts": self.prompts,
-            "negative_prompts": self.negative_prompts, "guidance_scale": self.cond.guidance_scale,
+            "negative_prompts": self.negative_prompts, **self.guidance,
             "model": getattr(self.adapter, "name", None), "iterations": self.result.iterations,
             "nfe": {"forward": self.nfe.forward, "backward": self.nfe.backward},
         }
@@ -313,7 +335,8 @@ def load_inversion(path: str | Path, model: Any, adapter_options: dict[str, Any]
         warnings.warn(f"gnri.load_inversion: saved for model {meta['model']!r}, loading into {adapter.name!r}")
     schedule = ScheduleSpec(**meta["schedule"])
     prompts, negatives = meta["prompts"], meta["negative_prompts"]
-    cond = adapter.encode_prompts(prompts, meta["guidance_scale"], negatives)
+    scales = {"guidance_scale": meta["guidance_scale"], "true_cfg_scale": meta.get("true_cfg_scale", 1.0)}
+    cond = adapter.encode_prompts(prompts, scales["guidance_scale"], negatives, **_true_cfg(scales))
     device = next(iter(cond.positive.values())).device
     tensors = {k: v.to(device) for k, v in tensors.items()}
     latent = tensors["latent"]
@@ -334,7 +357,12 @@ def load_inversion(path: str | Path, model: Any, adapter_options: dict[str, Any]
                              cond_per_step=per_step, sampler=sampler)
     nfe = NFECounter(**meta["nfe"])
     return Inversion(adapter, grid, cond, result, latent, prompts, tensors.get("pixels"), meta["method"],
-                     meta["hyperparameters"], schedule, negatives, nfe)
+                     meta["hyperparameters"], schedule, negatives, nfe, **scales)
+
+
+def _true_cfg(scales: dict[str, float]) -> dict[str, float]:
+    """``true_cfg_scale`` as a keyword only when it is on (an adapter without the keyword takes the rest)."""
+    return {"true_cfg_scale": scales["true_cfg_scale"]} if scales["true_cfg_scale"] != 1 else {}
 
 
 def _as_list(prompt: str | list[str], batch: int) -> list[str]:
@@ -357,6 +385,7 @@ def invert(
     method: str | Callable[..., InversionResult] = "gnri",
     schedule: ScheduleSpec | str | None = None,
     guidance_scale: float = 1.0,
+    true_cfg_scale: float = 1.0,
     negative_prompt: str | list[str] | None = None,
     progress: bool | ProgressCallback = True,
     adapter_options: dict[str, Any] | None = None,
@@ -370,8 +399,17 @@ def invert(
     ``conf/schedule`` name or a :class:`ScheduleSpec`; by default the family's usual setting (SD:
     DDIM 50; SDXL: Euler 4 trailing, as SDXL-Turbo; Flux: flow-matching Euler 4). ``progress``:
     a tqdm bar over the steps (True), none (False), or a callback ``(levels reached, total)``.
+    ``guidance_scale``: classifier-free guidance on SD/SDXL (> 1: on, two calls per step), the
+    guidance embedding's input on FLUX.1-dev (one call), only 1 on a FLUX without embedding
+    (schnell); ``true_cfg_scale``: FLUX's true classifier-free guidance (> 1: on, two calls per
+    step, with ``negative_prompt``, ``""`` unless given), 1 on SD/SDXL. As the diffusers pipelines
+    mean them; a scale the model cannot use raises a one-line ValueError before anything runs.
     """
     adapter = as_adapter(model, **(adapter_options or {}))
+    check = getattr(adapter, "guidance_problem", None)
+    problem = check(guidance_scale, true_cfg_scale) if callable(check) else None
+    if problem:
+        raise ValueError(f"gnri.invert: {problem}")
     schedule = default_schedule(adapter) if schedule is None else resolve_schedule(schedule)
     if isinstance(method, str):
         fn, params = method_entry(method)
@@ -386,7 +424,8 @@ def invert(
     negatives = None if negative_prompt is None else _as_list(negative_prompt, len(prompts))
     latent = adapter.encode_images(pixels)
     grid = adapter.grid(schedule, tuple(latent.shape))
-    cond = adapter.encode_prompts(prompts, guidance_scale, negatives)
+    scales = {"guidance_scale": guidance_scale, "true_cfg_scale": true_cfg_scale}
+    cond = adapter.encode_prompts(prompts, guidance_scale, negatives, **_true_cfg(scales))
     counting = CountingDenoiser(adapter.denoiser())
     bar = _Bar(grid.num_steps, progress, f"gnri.invert {_method_name(method)}") if progress else None
     denoiser: Any = counting
@@ -398,7 +437,7 @@ def invert(
         if bar is not None:
             bar.close()
     return Inversion(adapter, grid, cond, result, latent, prompts, pixels.to(latent.device), _method_name(method),
-                     params, schedule, negatives, counting.counter)
+                     params, schedule, negatives, counting.counter, **scales)
 
 
 def default_schedule(adapter: ModelAdapter) -> ScheduleSpec:

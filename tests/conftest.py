@@ -36,5 +36,5 @@ def tiny_sdxl_adapter():
 
 @pytest.fixture(scope="session")
 def tiny_flux_adapter():
-    """FLUX.1-dev-shaped: guidance embedding (3.5), dynamic shift, packed 64 x 16 latents."""
+    """FLUX.1-dev-shaped: guidance embedding (fed encode_prompts' guidance_scale), dynamic shift, packed 64 x 16 latents."""
     return tiny_adapter("flux")

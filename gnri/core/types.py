@@ -91,7 +91,11 @@ class Conditioning:
     ``positive`` and ``negative`` map the adapter's own keyword names to tensors (for SD:
     ``prompt_embeds``; SDXL adds ``text_embeds`` and ``time_ids``; Flux adds pooled and id
     tensors). With ``negative`` set and ``guidance_scale != 1`` the denoiser applies
-    classifier-free guidance and costs two network forwards per call. Null-text inversion
+    classifier-free guidance and costs two network forwards per call: ``guidance_scale`` is that
+    weight between the branches (a UNet run's ``guidance_scale``; a FLUX run's ``true_cfg_scale``).
+    A distilled guidance value the network itself takes (FLUX.1-dev's guidance embedding, the FLUX
+    run's ``guidance_scale``) is an adapter keyword in ``positive`` (Flux: ``guidance``, one forward
+    per call), not this field. Null-text inversion
     optimises the float tensors of ``negative``. ``guidance_distilled``: the model was distilled
     to sample without classifier-free guidance (SDXL-Turbo, FLUX.1 schnell/dev); inverters built
     on CFG refuse it, while editing may still apply a guidance scale (GNRI's SDXL-Turbo edits: 1.2).

@@ -8,8 +8,9 @@ embedding), and grids read from the scheduler's own tables. Inverters see none o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from gnri.core import Conditioning, Denoiser, Grid, Tensor
 
@@ -76,9 +77,15 @@ class ModelAdapter(Protocol):
         ...
 
     def encode_prompts(
-        self, prompts: list[str], guidance_scale: float = 1.0, negative_prompts: list[str] | None = None
+        self, prompts: list[str], guidance_scale: float = 1.0, negative_prompts: list[str] | None = None,
+        true_cfg_scale: float = 1.0,
     ) -> Conditioning:
-        """Text conditioning; the negative branch is built only when guidance is used."""
+        """Text conditioning at the run's guidance, as the model's diffusers pipeline means it
+        (:func:`guidance_error`); the negative branch is built only when classifier-free guidance is on."""
+        ...
+
+    def guidance_problem(self, guidance_scale: float, true_cfg_scale: float = 1.0) -> str | None:
+        """One line if this model cannot use these scales (:func:`guidance_error`), else None."""
         ...
 
     def denoiser(self) -> Denoiser:
@@ -88,3 +95,32 @@ class ModelAdapter(Protocol):
     def grid(self, schedule: ScheduleSpec, latent_shape: tuple[int, ...]) -> Grid:
         """Levels from the scheduler's own tables (and the stored noise list, if ancestral)."""
         ...
+
+
+def guidance_error(
+    kind: Literal["unet", "flux"] | None, guidance_embeds: bool | None, guidance_scale: Any, true_cfg_scale: Any
+) -> str | None:
+    """What is wrong with a run's guidance for a model, in one line (None: nothing), as diffusers means it.
+
+    UNet models (StableDiffusion(XL)Pipeline, SDXL-Turbo included): ``guidance_scale > 1`` is
+    classifier-free guidance (two forwards per call; <= 1: off, SDXL-Turbo's card uses 0), and
+    ``true_cfg_scale`` does not exist. FLUX (FluxPipeline): ``guidance_scale`` feeds the
+    transformer's guidance embedding (``guidance_embeds``: FLUX.1-dev; one forward per call), so a
+    transformer without one (FLUX.1-schnell) takes only 1; ``true_cfg_scale > 1`` is true
+    classifier-free guidance with a negative prompt (two forwards per call). ``kind`` or
+    ``guidance_embeds`` None: not known yet, that part is not checked.
+    """
+    for name, value in (("guidance_scale", guidance_scale), ("true_cfg_scale", true_cfg_scale)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{name}={value!r} must be a finite number"
+    if true_cfg_scale < 1:
+        return (f"true_cfg_scale={true_cfg_scale:g} must be >= 1 (1: off; > 1: true classifier-free guidance "
+                "with a negative prompt, FluxPipeline's true_cfg_scale)")
+    if kind == "unet" and true_cfg_scale != 1:
+        return (f"true_cfg_scale={true_cfg_scale:g} applies to FLUX models (FluxPipeline's true CFG); on a UNet "
+                f"model (SD, SDXL) guidance_scale is classifier-free guidance: use guidance_scale={true_cfg_scale:g}")
+    if kind == "flux" and guidance_embeds is False and guidance_scale != 1:
+        return (f"guidance_scale={guidance_scale:g} has nothing to feed: this FLUX transformer has no guidance "
+                "embedding (guidance_embeds=false, as FLUX.1-schnell); use guidance_scale=1, or "
+                f"true_cfg_scale={guidance_scale:g} for true classifier-free guidance (two forwards per call)")
+    return None

@@ -5,9 +5,14 @@ Latents are the VAE's ``(mode - shift_factor) * scaling_factor``, packed by Flux
 adapter's ``image_size`` (a square grid is assumed for other token counts). ``Level.t`` is
 sigma in [0, 1], passed to the transformer exactly as FluxPipeline passes ``timestep / 1000``.
 The transformer predicts the velocity ``v = eps - x0``; with ``a = 1 - sigma``, ``s = sigma``:
-``x0 = z - sigma v``, ``eps = z + (1 - sigma) v``. Distilled guidance (the transformer's
-guidance embedding, FLUX.1-dev) is the ``guidance`` option; true CFG (two forwards) is used
-only when ``encode_prompts`` is given ``guidance_scale > 1``.
+``x0 = z - sigma v``, ``eps = z + (1 - sigma) v``.
+
+Guidance as FluxPipeline means it (:func:`gnri.models.base.guidance_error`): ``guidance_scale``
+feeds the transformer's guidance embedding when it has one (``guidance_embeds``, FLUX.1-dev;
+one forward per call), carried as the positive branch's ``guidance`` tensor; a transformer
+without one (FLUX.1-schnell) takes only ``guidance_scale=1``. True classifier-free guidance is
+the explicit ``true_cfg_scale > 1`` (two forwards per call), with the negative prompt ``""``
+unless one is given (FluxPipeline runs true CFG only when a negative prompt is passed).
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import torch
 from diffusers import FluxPipeline
 
 from gnri.core import Conditioning, Grid, Level, Prediction, Tensor
-from gnri.models.base import ScheduleSpec
+from gnri.models.base import ScheduleSpec, guidance_error
 from gnri.models.common import (
     repeat_branches,
     bare_call,
+    batched,
     branches,
     freeze,
     guided,
@@ -43,7 +49,6 @@ from gnri.models.common import (
 from gnri.models.schedules import build_grid
 from gnri.models.weights import safe_load_kwargs
 
-DEV_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale (FLUX.1-dev's distilled guidance)
 MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default T5 length (FLUX.1-schnell takes 256)
 
 
@@ -63,13 +68,13 @@ def token_grid(seq_len: int, native: tuple[int, int]) -> tuple[int, int]:
 class FluxDenoiser:
     """FluxTransformer2DModel as a :class:`~gnri.core.Denoiser` on packed latents.
 
-    Conditioning keys: ``prompt_embeds`` (T5), ``pooled_prompt_embeds`` (CLIP), ``txt_ids``.
-    ``guidance`` is fed to the guidance embedding when the transformer has one.
+    Conditioning keys: ``prompt_embeds`` (T5), ``pooled_prompt_embeds`` (CLIP), ``txt_ids``, and
+    ``guidance`` (``(B,)``, positive branch) fed to the guidance embedding when the transformer
+    has one (both CFG branches get it, as in FluxPipeline).
     """
 
     transformer: Any
     native_grid: tuple[int, int]
-    guidance: float | None
 
     def forwards_per_call(self, cond: Conditioning) -> int:
         return 2 if cond.uses_cfg else 1
@@ -82,7 +87,11 @@ class FluxDenoiser:
         rows, cols = token_grid(z.shape[1], self.native_grid)
         guidance = None
         if self.transformer.config.guidance_embeds:
-            guidance = torch.full((n,), float(self.guidance), device=z.device, dtype=torch.float32)
+            if "guidance" not in cond.positive:
+                raise ValueError("flux: this transformer has a guidance embedding and the conditioning carries no "
+                                 "'guidance' value (build it with FluxAdapter.encode_prompts)")
+            value = batched(cond.positive["guidance"], batch, "guidance").to(device=z.device, dtype=torch.float32)
+            guidance = value if len(parts) == 1 else value.repeat(len(parts))
         return {
             "hidden_states": repeat_branches(z, len(parts), dtype),
             "timestep": torch.full((n,), level.t, device=z.device, dtype=torch.float32).to(dtype),
@@ -109,10 +118,10 @@ class FluxDenoiser:
 class FluxAdapter:
     """Flux as a :class:`~gnri.models.base.ModelAdapter`.
 
-    Options: ``guidance`` (distilled guidance value, default 3.5, used only if the transformer
-    has guidance embeddings), ``max_sequence_length`` (T5 tokens, default 512 capped at the
-    tokenizer's length), ``image_size`` (default: the VAE config's ``sample_size``),
-    ``guidance_distilled`` (True: CFG-based methods do not apply).
+    Options: ``max_sequence_length`` (T5 tokens, default 512 capped at the tokenizer's length),
+    ``image_size`` (default: the VAE config's ``sample_size``), ``guidance_distilled`` (True:
+    CFG-based methods do not apply). The distilled guidance value is no adapter option: it is
+    the ``guidance_scale`` of :meth:`encode_prompts` (the run's), as FluxPipeline's.
     """
 
     family = "flow"
@@ -124,11 +133,14 @@ class FluxAdapter:
         name: str = "flux",
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "float32",
-        guidance: float = DEV_GUIDANCE,
+        guidance: float | None = None,
         max_sequence_length: int | None = None,
         image_size: int | Sequence[int] | None = None,
         guidance_distilled: bool = True,
     ) -> None:
+        if guidance is not None:
+            raise ValueError(f"model {name}: model.guidance is gone; the run's guidance_scale feeds the guidance "
+                             "embedding (FluxPipeline's guidance_scale), true_cfg_scale runs true CFG")
         self.name = name
         self.guidance_distilled = guidance_distilled
         self.device = torch.device(device)
@@ -147,7 +159,7 @@ class FluxAdapter:
         limit = int(self.pipe.tokenizer_2.model_max_length)
         self.max_sequence_length = min(max_sequence_length or MAX_SEQUENCE_LENGTH, limit)
         self._scaling, self._shift = vae_factors(self.pipe.vae)
-        self._denoiser = FluxDenoiser(self.pipe.transformer, self._grid, guidance)
+        self._denoiser = FluxDenoiser(self.pipe.transformer, self._grid)
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -212,15 +224,33 @@ class FluxAdapter:
         )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "txt_ids": txt_ids}
 
+    @property
+    def guidance_embeds(self) -> bool:
+        """Whether the transformer has a guidance embedding (FLUX.1-dev: yes; FLUX.1-schnell: no)."""
+        return bool(self.pipe.transformer.config.guidance_embeds)
+
+    def guidance_problem(self, guidance_scale: float, true_cfg_scale: float = 1.0) -> str | None:
+        """One line if this model cannot use these scales (:func:`~gnri.models.base.guidance_error`)."""
+        return guidance_error("flux", self.guidance_embeds, guidance_scale, true_cfg_scale)
+
     def encode_prompts(
-        self, prompts: list[str], guidance_scale: float = 1.0, negative_prompts: list[str] | None = None
+        self, prompts: list[str], guidance_scale: float = 1.0, negative_prompts: list[str] | None = None,
+        true_cfg_scale: float = 1.0,
     ) -> Conditioning:
-        """T5 hidden states, CLIP pooled output, text ids; a negative branch (true CFG) only if
-        ``guidance_scale > 1`` (``""`` unless given)."""
+        """T5 hidden states, CLIP pooled output, text ids, and ``guidance_scale`` as the guidance
+        embedding's input (when the transformer has one); a negative branch (true CFG at
+        ``true_cfg_scale``, the Conditioning's guidance scale) only if ``true_cfg_scale > 1``
+        (``""`` unless given). A scale the model cannot use is a ValueError."""
+        problem = self.guidance_problem(guidance_scale, true_cfg_scale)
+        if problem:
+            raise ValueError(f"model {self.name}: {problem}")
+        positive = self._encode(prompts)
+        if self.guidance_embeds:
+            positive["guidance"] = torch.full((len(prompts),), float(guidance_scale), device=self.device)
         negative = None
-        if guidance_scale > 1.0:
+        if true_cfg_scale > 1.0:
             negative = self._encode(negative_prompts or [""] * len(prompts))
-        return Conditioning(self._encode(prompts), negative, guidance_scale, self.guidance_distilled)
+        return Conditioning(positive, negative, float(true_cfg_scale), self.guidance_distilled)
 
     def prompt_warning(self, prompt: str) -> str | None:
         """One line if ``encode_prompts`` would truncate ``prompt`` (CLIP at its

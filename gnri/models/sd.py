@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 
 from gnri.core import Conditioning, Grid, Level, Prediction, Tensor
-from gnri.models.base import ScheduleSpec
+from gnri.models.base import ScheduleSpec, guidance_error
 from gnri.models.common import (
     repeat_branches,
     PREDICTION_TYPES,
@@ -207,10 +207,20 @@ class SDAdapter:
     def decode_latents(self, latents: Tensor) -> Tensor:
         return vae_decode(self.pipe.vae, latents, self._scaling, self._shift)
 
+    def guidance_problem(self, guidance_scale: float, true_cfg_scale: float = 1.0) -> str | None:
+        """One line if this model cannot use these scales (:func:`~gnri.models.base.guidance_error`:
+        on a UNet ``guidance_scale`` is classifier-free guidance and ``true_cfg_scale`` stays 1)."""
+        return guidance_error("unet", None, guidance_scale, true_cfg_scale)
+
     def encode_prompts(
-        self, prompts: list[str], guidance_scale: float = 1.0, negative_prompts: list[str] | None = None
+        self, prompts: list[str], guidance_scale: float = 1.0, negative_prompts: list[str] | None = None,
+        true_cfg_scale: float = 1.0,
     ) -> Conditioning:
-        """CLIP hidden states; the negative branch (``""`` unless given) only when guidance > 1."""
+        """CLIP hidden states; the negative branch (``""`` unless given) only when guidance > 1
+        (classifier-free guidance, as StableDiffusionPipeline); ``true_cfg_scale`` != 1 is a ValueError."""
+        problem = self.guidance_problem(guidance_scale, true_cfg_scale)
+        if problem:
+            raise ValueError(f"model {self.name}: {problem}")
         use_cfg = guidance_scale > 1.0
         pos, neg = self.pipe.encode_prompt(
             list(prompts), self.device, 1, use_cfg, negative_prompt=negative_prompts

@@ -51,9 +51,14 @@ class SDXLAdapter(SDAdapter):
         return ids.to(self.device).repeat(batch, 1)
 
     def encode_prompts(
-        self, prompts: list[str], guidance_scale: float = 1.0, negative_prompts: list[str] | None = None
+        self, prompts: list[str], guidance_scale: float = 1.0, negative_prompts: list[str] | None = None,
+        true_cfg_scale: float = 1.0,
     ) -> Conditioning:
-        """Both CLIP encoders' hidden states, pooled text embeds and time ids per branch."""
+        """Both CLIP encoders' hidden states, pooled text embeds and time ids per branch; guidance
+        as :meth:`SDAdapter.encode_prompts` (SDXL-Turbo too: > 1 is classifier-free guidance)."""
+        problem = self.guidance_problem(guidance_scale, true_cfg_scale)
+        if problem:
+            raise ValueError(f"model {self.name}: {problem}")
         use_cfg = guidance_scale > 1.0
         pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
             prompt=list(prompts), device=self.device, num_images_per_prompt=1,
