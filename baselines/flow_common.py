@@ -56,7 +56,9 @@ def _same_branch(a: dict[str, Tensor] | None, b: dict[str, Tensor] | None) -> bo
         return False
     for key in a:
         x, y = a[key], b[key]
-        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        if isinstance(x, Tensor) != isinstance(y, Tensor):
+            return False
+        if not isinstance(x, Tensor):
             if x != y:
                 return False
         elif x.shape != y.shape or x.dtype != y.dtype or not torch.equal(x, y):

@@ -189,6 +189,18 @@ def test_uni_edit_with_the_source_prompt_is_one_call_euler() -> None:
     assert uni_inv.invert(field, _x0(), grid, SOURCE, editing="euler").pure_latent
 
 
+def test_same_conditioning_compares_every_branch_entry() -> None:
+    from baselines.flow_common import same_conditioning
+
+    emb = torch.ones(1, 3)
+    base = Conditioning({"prompt_embeds": emb, "guidance": 3.5})
+    assert same_conditioning(base, Conditioning({"prompt_embeds": emb.clone(), "guidance": 3.5}))
+    assert not same_conditioning(base, Conditioning({"prompt_embeds": emb, "guidance": 1.0}))
+    assert not same_conditioning(base, Conditioning({"prompt_embeds": emb, "guidance": torch.tensor([3.5])}))
+    assert not same_conditioning(base, Conditioning({"prompt_embeds": emb + 1, "guidance": 3.5}))
+    assert not same_conditioning(base, Conditioning(base.positive, {"prompt_embeds": emb}, 2.0))
+
+
 # ---------------------------------------------------------------- FTEdit
 
 
