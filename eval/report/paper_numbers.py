@@ -161,7 +161,7 @@ def _fmt(value: float, ref: Iterable[float] = ()) -> str:
     if not math.isfinite(value):
         return "n/a"
     scale = max([abs(value), *[abs(r) for r in ref if math.isfinite(r)]])
-    return f"{value:.2f}" if scale >= 1 else f"{value:.4f}"
+    return f"{value:.2f}" if scale >= 1 else f"{value:.4g}"
 
 
 def comparison_markdown(comparison: pd.DataFrame) -> str:

@@ -43,6 +43,8 @@ PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("bg_psnr", "bg PSNR (dB)", "{:.2f}"),
     ("bg_ssim", "bg SSIM", "{:.4f}"),
     ("bg_lpips", "bg LPIPS", "{:.4f}"),
+    ("bg_mse", "bg MSE", "{:.4g}"),
+    ("structure_distance", "structure dist.", "{:.4g}"),
     ("lpips_to_source", "LPIPS to source", "{:.4f}"),
     ("clip_whole", "CLIP target", "{:.2f}"),
     ("clip_edited", "CLIP edited region", "{:.2f}"),
@@ -68,7 +70,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "recon_psnr": (0.0, math.inf), "latent_rmse": (0.0, math.inf), "latent_var": (0.0, math.inf),
     "overhead_ratio": (0.0, math.inf),
 }
-NONNEGATIVE_PREFIXES = ("time_", "nfe_", "lpips", "bg_lpips", "bg_mse", "residual_", "peak_memory")
+NONNEGATIVE_PREFIXES = ("time_", "nfe_", "lpips", "bg_lpips", "bg_mse", "residual_", "peak_memory", "structure_")
 RATE_SUFFIXES = ("_rate", "_success", "_fraction")
 CEILED = ("psnr", "recon_psnr")  # PSNRs of reconstructions, which the VAE ceiling bounds
 DEFAULT_HIGHER = {"psnr": True, "psnr_vae_ceiling": True, "ssim": True, "clip_score": True}
