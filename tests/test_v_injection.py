@@ -106,8 +106,9 @@ def test_the_window_is_the_first_inject_denoising_steps(setup, method: str, inje
     with value_injection(transformer, names, state), torch.no_grad():
         state.start("record")
         reconstruct(WindowDenoiser(s.adapter.denoiser(), state), s.results[method], s.grid, s.source)
-    assert sorted({call for call, _ in state.values}) == calls
-    assert {name for _, name in state.values} == set(names)
+    assert sorted({call for call, _, _ in state.values}) == calls
+    assert {name for _, name, _ in state.values} == set(names)
+    assert {visit for _, _, visit in state.values} == {0}  # one network run per call
 
 
 def test_nfe_counts_both_passes(setup) -> None:  # noqa: ANN001

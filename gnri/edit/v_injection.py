@@ -61,17 +61,30 @@ Blocks = Literal["auto", "all"] | Sequence[int]
 @dataclass
 class InjectionState:
     """Shared by the processors of one edit: which pass runs, whether the current call is in the
-    injection window, the call counter, and the recorded values ``(call, processor name) -> V``."""
+    injection window, the call counter, and the recorded values ``(call, processor name, visit) -> V``
+    (``visit`` counts a layer's runs within one call, should an adapter run the network in chunks)."""
 
     threshold_s: float
     mode: Literal["off", "record", "inject"] = "off"
     active: bool = False
     call: int = 0
-    values: dict[tuple[int, str], Tensor] = field(default_factory=dict)
+    values: dict[tuple[int, str, int], Tensor] = field(default_factory=dict)
+    visits: dict[str, int] = field(default_factory=dict)
 
     def start(self, mode: Literal["off", "record", "inject"]) -> None:
         """Begin a pass: calls are counted from 0 again."""
         self.mode, self.call, self.active = mode, 0, False
+        self.visits.clear()
+
+    def next_call(self) -> None:
+        self.call += 1
+        self.visits.clear()
+
+    def key(self, name: str) -> tuple[int, str, int]:
+        """This run's key for layer ``name``: (call, name, how many times it ran before in the call)."""
+        visit = self.visits.get(name, 0)
+        self.visits[name] = visit + 1
+        return self.call, name, visit
 
     def now(self) -> str:
         return self.mode if self.active else "off"
@@ -94,7 +107,7 @@ class WindowDenoiser:
             return self.inner(z, level, cond)
         finally:
             self.state.active = False
-            self.state.call += 1
+            self.state.next_call()
 
 
 def _heads(attn: Any, x: Tensor) -> Tensor:
@@ -137,7 +150,7 @@ class ValueInjectionProcessor:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if encoder_hidden_states is not None or getattr(attn, "added_kv_proj_dim", None) is not None:
             raise ValueError(f"v_inject: {self.name} is not a single-stream attention layer")
-        key = (self.state.call, self.name)
+        key = self.state.key(self.name)
         if mode == "record":
             self.state.values[key] = _qkv(attn, hidden_states)[2]
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
