@@ -168,11 +168,14 @@ def comparison_markdown(comparison: pd.DataFrame) -> str:
     """Markdown section: per model x setting, ours, the paper's value +- its error, the difference."""
     if comparison.empty:
         return ""
+    from eval.report.tables import MIN_N_FOR_INTERVAL
+
     parts = ["## The paper's numbers beside ours\n"]
     for (model, setting, preset), block in comparison.groupby(["model", "setting", "preset"], sort=False):
         body = []
         for r in block.itertuples(index=False):
-            ours = _fmt(r.ours, [r.paper]) + (f" ± {_fmt(r.ours_ci95, [r.paper])}" if math.isfinite(r.ours_ci95) else "")
+            shown = math.isfinite(r.ours_ci95) and r.n >= MIN_N_FOR_INTERVAL  # as the main table: no t interval below 3
+            ours = _fmt(r.ours, [r.paper]) + (f" ± {_fmt(r.ours_ci95, [r.paper])}" if shown else "")
             paper = f"{_fmt(r.paper, [r.ours])} ± {_fmt(r.paper_error, [r.paper, r.ours])}"
             body.append([r.method, r.metric, ours, str(r.n), paper, _fmt(r.difference, [r.paper, r.ours]),
                          f"{r.paper_model} · {r.source_id} ({r.tag})"])
