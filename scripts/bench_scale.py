@@ -18,7 +18,19 @@ size. Quality is not measured (random weights), so no PSNR is printed.
 Each family runs at its paper setting: SD 1.5 DDIM 50 steps, SDXL-Turbo Euler 4 trailing steps,
 FLUX.1-schnell flow-matching Euler 4 steps; no classifier-free guidance (inversion with the
 source prompt, guidance 1). Times are medians of ``--repeats`` after ``--warmup`` untimed runs,
-with CUDA synchronised around each call (``eval.timing.time_call``).
+with CUDA synchronised around each call (``eval.timing.time_call``); peak memory is the CUDA
+allocator's peak over the timed calls (``eval.timing.PeakMemory``), and "beyond generation" subtracts
+plain generation's peak measured the same way (``eval.timing.generation_peak_mb``).
+
+Beside every method: the bare network's seconds for the same passes (``eval.timing.bare_network_times``:
+the diffusers module on inputs prepared once, same dtype and attention backend, warm-up, median of
+20) and the overhead ratio, inversion seconds over those. ``--compile FAMILY...`` times those
+families again with the network compiled (``gnri.models.runtime.compile_network``, as
+``model.compile=true``): the warm-up covers compilation, whose seconds are printed apart. Each
+family ends with one markdown table (method x compile off/on) and, for SDXL-Turbo, issue 16's
+target line (``gnri_official`` inversion <= 0.25 s, overhead <= 1.05).
+
+    python scripts/bench_scale.py --families sdxl_turbo --compile sdxl_turbo --attention efficient
 """
 
 from __future__ import annotations
@@ -51,12 +63,13 @@ from diffusers import (  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel  # noqa: E402
 
 from baselines import ddim, fixed_point  # noqa: E402
-from eval.timing import PeakMemory, time_call  # noqa: E402
+from eval.timing import NetworkTimes, PeakMemory, bare_network_times, generation_peak_mb, time_call  # noqa: E402
 from gnri.core import CountingDenoiser, sample  # noqa: E402
 from gnri.methods import anderson, gnri, gnri_official  # noqa: E402
 from gnri.models import load_adapter  # noqa: E402
 from gnri.models.attention import ATTENTION_BACKENDS, attention_backend  # noqa: E402
 from gnri.models.base import ScheduleSpec  # noqa: E402
+from gnri.models.runtime import COMPILE_MODES, RuntimeOptions, compile_network, network_module  # noqa: E402
 from gnri.models.tiny import SD_BETAS, tiny_clip_tokenizer, tiny_pipeline, tiny_t5_tokenizer  # noqa: E402
 
 # unet/config.json of stable-diffusion-v1-5/stable-diffusion-v1-5 (859.5 M parameters).
@@ -157,6 +170,11 @@ def methods() -> dict[str, Callable[..., Any]]:
     }
 
 
+GIB = 1024.0  # MiB per GiB
+# Issue 16's targets on an H100-class GPU, SDXL-Turbo size, 512x512, 4 steps.
+TARGET_FAMILY, TARGET_METHOD, TARGET_INVERT_S, TARGET_OVERHEAD = "sdxl_turbo", "gnri_official", 0.25, 1.05
+
+
 @dataclass
 class Row:
     method: str
@@ -165,10 +183,85 @@ class Row:
     forward: int
     backward: int
     peak_mib: float
+    network_s: float | None = None  # the bare network's seconds for this method's passes
+    compiled: bool = False
+    generation_mib: float = float("nan")  # plain generation's peak, measured the same way
+
+    @property
+    def overhead(self) -> float | None:
+        """Inversion seconds over the bare network's seconds for the same passes."""
+        return self.invert_s / self.network_s if self.network_s else None
+
+
+def _network_seconds(times: NetworkTimes, forward: int, backward: int) -> float | None:
+    if times.forward_s is None or (backward and times.backward_s is None):
+        return None
+    return forward * times.forward_s + backward * (times.backward_s or 0.0)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def run_methods(name_filter: list[str] | None, den: CountingDenoiser, x0: torch.Tensor, grid: Any, cond: Any,
+                network: NetworkTimes, args: argparse.Namespace, device: torch.device, compiled: bool,
+                generation_mib: float) -> list[Row]:
+    """Warm up, then time (median of ``args.repeats``, peak memory over the timed calls) every method."""
+    rows = []
+    for name, fn in methods().items():
+        if name_filter and name not in name_filter:
+            continue
+        def invert_once(fn: Callable[..., Any] = fn) -> Any:
+            den.counter.reset()
+            with torch.no_grad():  # as the harness: a method that differentiates enables gradients itself
+                return fn(den, x0, grid, cond)
+
+        for _ in range(args.warmup):
+            invert_once()
+
+        with PeakMemory(device) as mem:
+            inv = time_call(invert_once, device, args.repeats)
+        fwd, bwd = den.counter.forward, den.counter.backward
+        with torch.no_grad():
+            rec = time_call(lambda: sample(den, inv.value.z, grid, cond), device, args.repeats)
+        n = args.images
+        rows.append(Row(name, inv.median_s / n, rec.median_s / n, fwd, bwd, mem.mb,
+                        _network_seconds(network, fwd, bwd), compiled, generation_mib))
+        r = rows[-1]
+        print(f"  {name:16s} invert {r.invert_s:7.3f} s  reconstruct {r.reconstruct_s:7.3f} s  "
+              f"total {r.invert_s + r.reconstruct_s:7.3f} s  fwd {r.forward:3d}  bwd {r.backward:3d}  "
+              f"peak {r.peak_mib:8.0f} MiB  overhead {_fmt(r.overhead, '.3f')}  compile {'on' if compiled else 'off'}",
+              flush=True)
+    return rows
+
+
+def print_table(family: str, params: float, rows: list[Row], compile_s: float | None, images: int,
+                tiny: bool = False) -> None:
+    """One markdown table: the family (model size) x method, compile off and on."""
+    print(f"\n### {family} ({params / 1e9:.2f} B parameters), batch {images}, seconds per image")
+    if compile_s is not None:
+        print(f"compile on: {compile_s:.1f} s compiling (first calls of each input shape), not in any time below")
+    print("| method | compile | invert s | bare network s | overhead ratio | fwd | bwd | peak GiB "
+          "| peak beyond generation GiB | reconstruct s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        net = None if r.network_s is None else r.network_s / images
+        print(f"| {r.method} | {'on' if r.compiled else 'off'} | {r.invert_s:.3f} | {_fmt(net, '.3f')} "
+              f"| {_fmt(r.overhead, '.3f')} | {r.forward} | {r.backward} | {r.peak_mib / GIB:.2f} "
+              f"| {(r.peak_mib - r.generation_mib) / GIB:+.2f} | {r.reconstruct_s:.3f} |")
+    if family == TARGET_FAMILY and not tiny:
+        for r in rows:
+            if r.method == TARGET_METHOD:
+                met = r.invert_s <= TARGET_INVERT_S and (r.overhead or 99.0) <= TARGET_OVERHEAD
+                print(f"target {TARGET_METHOD} (compile {'on' if r.compiled else 'off'}): invert {r.invert_s:.3f} s "
+                      f"(<= {TARGET_INVERT_S}), overhead {_fmt(r.overhead, '.3f')} (<= {TARGET_OVERHEAD}): "
+                      f"{'met' if met else 'NOT met'}")
+    print(flush=True)
 
 
 def bench_family(family: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[Row]:
-    """Build ``family``, then time every method's inversion and the reconstruction from its latent."""
+    """Build ``family``; time the bare network and every method (and, with ``--compile``, again with
+    the network compiled), print the family's table."""
     kind, steps, spacing, side = SETTINGS[family]
     if args.tiny:
         pipe = tiny_pipeline(ADAPTER_FAMILY[family], **({"guidance_embeds": False} if family == "flux_schnell" else {}))
@@ -181,35 +274,44 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device, dt
     options: dict[str, Any] = {"image_size": side} if side else {}
     if family == "flux_schnell" and not args.tiny:
         options["max_sequence_length"] = 256  # FLUX.1-schnell's T5 length
+    if args.channels_last and family != "flux_schnell":
+        options["channels_last"] = True
     adapter = load_adapter(ADAPTER_FAMILY[family], pipe, device=str(device), dtype=dtype, name=family, **options)
     x0 = torch.randn(adapter.latent_shape(args.images), generator=torch.Generator().manual_seed(args.seed)).to(device)
     cond = adapter.encode_prompts(["a photo of a cat sitting on a wooden bench"] * args.images)
     grid = adapter.grid(ScheduleSpec(kind=kind, num_steps=steps, spacing=spacing), x0.shape)
     print(f"\n{family}: denoiser {params / 1e9:.2f} B parameters, latents {tuple(x0.shape)}, {kind} {steps} steps"
-          f"{', ' + spacing if spacing else ''}, {dtype}, {device}", flush=True)
-    den = CountingDenoiser(adapter.denoiser())
-    rows = []
-    for name, fn in methods().items():
-        if args.methods and name not in args.methods:
-            continue
-        for _ in range(args.warmup):
-            fn(den, x0, grid, cond)
-        den.counter.reset()
-        with PeakMemory(device) as mem:
-            result = fn(den, x0, grid, cond)
-        fwd, bwd = den.counter.forward, den.counter.backward
-        inv = time_call(lambda: fn(den, x0, grid, cond), device, args.repeats)
+          f"{', ' + spacing if spacing else ''}, {dtype}, {device}, attention {args.attention}"
+          f"{', channels-last' if options.get('channels_last') else ''}", flush=True)
+    raw = adapter.denoiser()
+    den = CountingDenoiser(raw)
+    level = grid.levels[len(grid.levels) // 2]
+
+    def measure(compiled: bool, name_filter: list[str] | None) -> list[Row]:
+        backward = not compiled or "gnri" in (name_filter or [])
         with torch.no_grad():
-            rec = time_call(lambda: sample(den, result.z, grid, cond), device, args.repeats)
-        rows.append(Row(name, inv.median_s / args.images, rec.median_s / args.images, fwd, bwd, mem.mb))
-        r = rows[-1]
-        print(f"  {name:16s} invert {r.invert_s:7.3f} s  reconstruct {r.reconstruct_s:7.3f} s  "
-              f"total {r.invert_s + r.reconstruct_s:7.3f} s  fwd {r.forward:3d}  bwd {r.backward:3d}  "
-              f"peak {r.peak_mib:8.0f} MiB", flush=True)
-    base = rows[0].invert_s + rows[0].reconstruct_s  # the first method run (ddim unless --methods)
-    print(f"  total time as a multiple of DDIM inversion + reconstruction: "
-          + ", ".join(f"{r.method} {(r.invert_s + r.reconstruct_s) / base:.2f}x" for r in rows), flush=True)
-    del adapter, pipe, den
+            sample(raw, x0, grid, cond)  # warm-up (and compilation) of plain generation
+        generation = generation_peak_mb(lambda: sample(raw, x0, grid, cond), device)
+        network = bare_network_times(raw, x0, level, cond, device, backward=backward)
+        print(f"  bare network (compile {'on' if compiled else 'off'}): forward {network.forward_s * 1e3:.1f} ms"
+              + (f", backward {network.backward_s * 1e3:.1f} ms" if network.backward_s is not None else "")
+              + f" per pass; plain generation peak {generation / GIB:.2f} GiB", flush=True)
+        return run_methods(name_filter, den, x0, grid, cond, network, args, device, compiled, generation)
+
+    rows = measure(False, args.methods)
+    compile_s = None
+    if family in (args.compile or []):
+        runtime = RuntimeOptions(compile=True, compile_mode=args.compile_mode, compile_backend=args.compile_backend)
+        clock = compile_network(network_module(adapter.pipe), runtime)
+        rows += measure(True, args.compile_methods)
+        compile_s = clock.seconds
+    print_table(family, params, rows, compile_s, args.images, args.tiny)
+    if rows:
+        base = rows[0].invert_s + rows[0].reconstruct_s  # the first method run (ddim unless --methods)
+        print("  total time as a multiple of DDIM inversion + reconstruction: "
+              + ", ".join(f"{r.method}{'[compiled]' if r.compiled else ''} {(r.invert_s + r.reconstruct_s) / base:.2f}x"
+                          for r in rows), flush=True)
+    del adapter, pipe, den, raw
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows
@@ -229,9 +331,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default="default",
                         help="torch's scaled-dot-product-attention backend (gnri.models.attention); on an H100 with "
                              "torch 2.11 the default one fails in the backward pass of FLUX.1-sized attention")
+    parser.add_argument("--compile", nargs="*", choices=tuple(SETTINGS), default=[],
+                        help="families to time again with the network compiled (torch.compile, gnri.models.runtime)")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default")
+    parser.add_argument("--compile-backend", choices=("inductor", "eager", "aot_eager"), default="inductor")
+    parser.add_argument("--compile-methods", nargs="+", choices=tuple(methods()),
+                        default=["ddim", "fixed_point[3]", "gnri_official", "gnri_aa"],
+                        help="methods timed compiled (default: those without backward passes; gnri's VJPs "
+                             "compile a backward graph too, which takes minutes)")
+    parser.add_argument("--channels-last", action="store_true", help="UNets in channels-last memory format")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            print("bench_scale: --device cuda but torch.cuda.is_available() is False on this machine", flush=True)
+            return 2
         print(f"GPU {torch.cuda.get_device_name(device)}, torch {torch.__version__}", flush=True)
     failed = []
     for family in args.families:
