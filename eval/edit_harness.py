@@ -523,7 +523,7 @@ def _measure_interp(task: _Task, inverter: Inverter, a: Entry, b: Entry, lpips: 
     with torch.no_grad():
         weights = interpolation_weights(num_points)
         path = interpolate(denoiser, results[0], results[1], grid, conds[0], conds[1], weights)
-        frames = torch.cat([adapter.decode_latents(z) for z in path])
+        frames = check_finite(torch.cat([adapter.decode_latents(z) for z in path]), "interpolated images")
     images = images.to(frames.device)
     rms = (frames[1:] - frames[:-1]).flatten(1).pow(2).mean(1).sqrt()
     values: dict[str, Value] = {

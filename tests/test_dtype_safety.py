@@ -127,3 +127,14 @@ def test_the_fp16_fix_vae_option_replaces_the_vae_and_runs_in_fp16(tmp_path) -> 
     assert default.pipe.vae.dtype == torch.float32  # SDXL's own VAE config: force_upcast
     with pytest.raises(ValueError, match="model.vae applies to sd and sdxl"):
         load_adapter("flux", tiny_pipeline("flux"), vae=str(tmp_path / "vae_fix"))
+
+
+def test_non_finite_interpolated_images_are_failed_rows() -> None:
+    """The interpolation task decodes its frames itself (no VAE round trip first): checked there."""
+    from eval.edit_harness import evaluate_interpolation
+
+    adapter = _overflowing_sd("float32", force_upcast=True, scale=1e38, bias=3e38)  # decoder overflows float32
+    df = evaluate_interpolation(adapter, ScheduleSpec("ddim", 2), ddim.invert, "ddim", sample_dataset()[:2],
+                                num_points=3, max_images=2, progress=False)
+    assert (df["status"] == "failed").all() and df["value"].isna().all()
+    assert df["reason"].str.contains("non-finite values in the interpolated images").all()
