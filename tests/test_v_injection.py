@@ -146,3 +146,22 @@ def test_bad_inputs_one_line(setup) -> None:  # noqa: ANN001
     unet_like = SimpleNamespace(name="tiny_sd", pipe=SimpleNamespace(unet=object()))
     with pytest.raises(ValueError, match="v_inject: needs a Flux transformer with single-stream blocks; model 'tiny_sd'"):
         injected_edit(unet_like, result, s.grid, s.source, s.target)
+
+
+def test_edit_harness_smoke(setup, tmp_path) -> None:  # noqa: ANN001
+    """task=edit task.editor=v_inject through eval.edit_harness on one world pair: ok rows, both passes counted."""
+    from eval.edit_data import world_edit_dataset
+    from eval.edit_harness import EditSettings, evaluate_edits
+
+    entries = world_edit_dataset(cache_dir=tmp_path / "world", max_pairs=1)
+    df = evaluate_edits(setup.adapter, ScheduleSpec("flow_euler", 2), fireflow.invert, "fireflow", entries,
+                        EditSettings("v_inject", v_inject={"inject": 1}), progress=False, out_dir=tmp_path / "run",
+                        save_images=False, warmup=0)
+    assert set(df["inverter"]) == {"fireflow+v_inject"}
+    by = df.set_index("metric")
+    assert by.loc["recon_psnr", "status"] == "ok" and by.loc["bg_psnr", "status"] == "ok"
+    assert by.loc["nfe_forward", "value"] == 3 and by.loc["nfe_forward_edit", "value"] == 6  # steps + 1, twice
+    bad = evaluate_edits(setup.adapter, ScheduleSpec("flow_euler", 2), fireflow.invert, "fireflow", entries,
+                         EditSettings("v_inject", v_inject={"inject": 3}), progress=False, out_dir=tmp_path / "bad",
+                         save_images=False, warmup=0)
+    assert set(bad["status"]) == {"skipped"} and bad["reason"].str.contains("v_inject: inject must be").all()
