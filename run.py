@@ -2,7 +2,7 @@
 
     python run.py                                        # conf/config.yaml defaults
     python run.py inverter=fixed_point schedule.num_steps=4 max_images=2
-    python run.py -m inverter=ddim,fixed_point model=tiny_sd schedule=ddim10,ddim4
+    python run.py -m inverter=ddim,fixed_point model=tiny_sd schedule=ddim10,ddim50
     python run.py task=edit                              # editing: the embedded world's edit pairs
     python run.py task=exact                             # the ground-truth (known noise) track
 
