@@ -33,10 +33,10 @@ Defaults and differences from the public code, named:
 - Steps and velocities' times come from the grid (the adapter's flow schedule with its shift),
   as the code's ``scheduler.sigmas``.
 - Guidance: the code's ``src_guidance_scale``/``tar_guidance_scale`` (SD3: classifier-free 3.5 /
-  13.5; FLUX.1-dev: the distilled guidance embedding 1.5 / 5.5) are here the source
-  conditioning's guidance (the run's ``guidance_scale``) and the target's (``task.edit_guidance_scale``).
-  A distilled-guidance value is the adapter's own (``model.guidance``), one value for both
-  branches: the FLUX setting's different source/target embeddings are not reproduced.
+  13.5; FLUX.1-dev: the distilled guidance embedding 1.5 / 5.5) are not hyperparameters here:
+  each branch uses the guidance its conditioning carries, the source's from the run's guidance
+  settings, the target's from the edit's (``task.edit_guidance_scale``). Where an adapter keeps a
+  distilled guidance value outside the conditioning, both branches share it.
 - Noise: drawn from a CPU ``torch.Generator`` seeded with ``seed`` in the code's order (per step,
   per average), one draw of one image's shape shared by the batch, afresh at every sampler call
   (so an edit is deterministic); the code uses the global generator (seed 10 for FLUX).
