@@ -208,7 +208,8 @@ def build_settings(cfg: DictConfig, run_dir: Path, cache_dir: Path | None, devic
         metric_options=dict(metric_cfg.get("options") or {}) if reconstruct else {},
         device=device, dtype=str(dtype), seed=cfg.seed, guidance_scale=cfg.guidance_scale,
         true_cfg_scale=float(cfg.get("true_cfg_scale", 1.0)), warmup=cfg.warmup,
-        repeats=cfg.repeats, time_network=bool(cfg.get("time_network", True)), max_images=cfg.max_images,
+        repeats=cfg.repeats, batch_size=int(cfg.get("batch_size", 1)),
+        time_network=bool(cfg.get("time_network", True)), max_images=cfg.max_images,
         progress=cfg.progress, out_dir=run_dir,
         cache_dir=cache_dir, resume=bool(cfg.get("resume", True)), config=OmegaConf.to_container(cfg, resolve=True),
     )
@@ -284,6 +285,11 @@ def validated_dataset(cfg: DictConfig) -> Any:
             raise validate.ConfigError(f"dataset={names['dataset']}: {str(cause).strip().splitlines()[0]}") from None
         task = cfg.task.name if "task" in cfg else "reconstruct"
         validate.check_task_fits(str(task), names["dataset"], list(dataset))
+        batch = cfg.get("batch_size", 1)
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise validate.ConfigError(f"batch_size={batch}: must be an integer >= 1")
+        if batch > 1 and task != "reconstruct":
+            raise validate.ConfigError(f"batch_size={batch}: batches apply to task=reconstruct only (task={task})")
     except validate.ConfigError as err:
         print(f"run.py: {err}", file=sys.stderr)
         sys.exit(2)

@@ -5,19 +5,28 @@ dataset and the metrics (or a factory), with one :class:`~eval.settings.RunSetti
 a plan of units, one per image (:mod:`eval.units`), driven by :func:`eval.loop.run_units`:
 finished units found in ``results.csv`` are skipped (resume by content key), the rest are
 split across data-parallel ranks, and the model and metrics are built only when a unit is left
-to compute. Per image, batch size 1, in this order:
+to compute. Per batch of images (``batch_size``, default 1), in this order:
 
 1. load and fit the image (:mod:`eval.data`: RGB [0, 1], cover-resize + center-crop to the
    adapter's ``image_size()``), encode it and the caption, build the grid (untimed);
    decode(encode(x)) gives the VAE ceiling. Pixels, latent, ceiling and prompt embeddings come
    from the shared content-keyed cache (:mod:`eval.cache`) when a job of the sweep made them;
 2. warm-up: before the first timed image, ``warmup`` untimed inversions + reconstructions;
+   With ``batch_size`` B > 1 the prepared images are stacked: one network call per evaluation
+   serves all B (their prompts encoded together; a stored-noise grid repeats the batch-1 noise
+   for every image, so each image sees exactly what it sees alone);
 3. invert (timed; median of ``repeats``; peak memory; NFE of one inversion counted by
    :class:`gnri.core.CountingDenoiser`) under ``torch.no_grad()`` (an inverter that needs
    gradients enables them itself);
 4. reconstruct with :func:`gnri.core.reconstruct` (timed and counted separately);
 5. untimed: per-step residuals (:func:`gnri.core.step_residuals`), decode, metrics, how
    Gaussian the inverted latent is, and (with ``out_dir``) the source and reconstruction PNGs.
+
+Every row is one image's: a batch's times are divided by its size, its NFE and peak memory are
+the batch's. Every inverter here is batch-separable (each image's iterates and per-image
+stopping rules depend on that image alone; ``tests/test_batching.py`` checks each against batch
+1); one that is not sets ``batch_separable = False`` on its function and runs image by image,
+with ``batch_size`` 1 in its rows.
 
 Failures never stop the sweep: they become rows (see :mod:`eval.records` for statuses). An
 inverter raising ValueError (it does not apply here) gives ``skipped``; any other exception, a
@@ -148,13 +157,19 @@ class _Run:
     warmed: bool = False
     denoiser: Any = None
     unavailable: dict[str, str] = field(default_factory=dict)
-    network: NetworkTimes | None = None
+    network: NetworkTimes | None = None  # the first measured; per batch size in ``networks``
+    networks: dict[int, NetworkTimes] = field(default_factory=dict)
 
     @property
     def metric_names(self) -> list[str]:
         if self.settings.metrics:
             return list(self.settings.metrics)
         return [m.name for m in self.metrics_source]  # type: ignore[union-attr]
+
+    @property
+    def batch_size(self) -> int:
+        """Images per inversion call: the setting, or 1 for a method that is not batch-separable."""
+        return self.settings.batch_size if batch_separable(self.inverter) else 1
 
     @property
     def expected_rows(self) -> int:
@@ -181,7 +196,11 @@ class _Run:
             schedule=s.schedule_name or s.schedule.kind, inverter=s.inverter, adapter=self.adapter.name,
             num_steps=num_steps, guidance_scale=s.guidance_scale, seed=s.seed,
             provenance=provenance(device, dtype, s.inverter_params, asdict(s.schedule), s.config),
+            batch_size=self.batch_size,
         )
+        if s.batch_size > 1 and self.batch_size == 1:
+            log.warning("inverter %s is not batch-separable: it runs image by image (batch_size 1 in its rows)",
+                        s.inverter)
         if s.out_dir is not None and self.shard.is_main:
             Path(s.out_dir).mkdir(parents=True, exist_ok=True)
             write_provenance(Path(s.out_dir), self.info)
@@ -219,7 +238,8 @@ def evaluate(
     units = plan_units(settings, dataset)
     desc = f"{settings.model or 'model'}/{settings.schedule_name or settings.schedule.kind}/{settings.inverter}"
     table = run_units(settings, units, run.expected_rows, functools.partial(_rows_for, run), shard=shard,
-                      on_rows=on_rows, desc=desc, stages=run.stages)
+                      on_rows=on_rows, desc=desc, stages=run.stages, batch_size=settings.batch_size,
+                      measure_batch=functools.partial(_rows_for_batch, run))
     if run.network is not None:
         warn_if_loaded("end of the timed work")
     return table
@@ -259,23 +279,71 @@ def _probe(run: _Run) -> tuple[int, str, str, tuple[str, str] | None]:
     return grid.num_steps, str(device), str(dtype).removeprefix("torch."), None
 
 
+def batch_separable(inverter: Inverter) -> bool:
+    """Whether an inverter may take a batch (False only where its function says so)."""
+    fn: Any = inverter
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return bool(getattr(fn, "batch_separable", True))
+
+
+Outcome = tuple[str, str, dict[str, Any]]  # (status, reason, metric values)
+
+
+def _outcome_of(err: Exception, what: str) -> Outcome:
+    """The status and reason an exception gives ``what`` (an image, a batch)."""
+    if isinstance(err, _Skip):
+        return "skipped", str(err), {}
+    if isinstance(err, _Fail):
+        return "failed", str(err), {}
+    log.exception("%s failed", what)
+    return "failed", f"{type(err).__name__}: {_one_line(err)}", {}
+
+
 def _rows_for(run: _Run, unit: Unit) -> list[dict[str, Any]]:
     """All rows of one unit (one image); every exception except KeyboardInterrupt becomes rows."""
-    entry = unit.entries[0]
-    status, reason, values = "ok", "", {}
+    return _rows_for_batch(run, [unit])[0]
+
+
+def _rows_for_batch(run: _Run, units: Sequence[Unit]) -> list[list[dict[str, Any]]]:
+    """The rows of each unit of a batch (one image each), measured together where the method
+    allows; every exception except KeyboardInterrupt becomes rows of the images it concerns."""
+    entries = [unit.entries[0] for unit in units]
     try:
-        info = run.setup()
+        run.setup()
         if run.setup_error is not None:
-            status, reason = run.setup_error
+            outcomes: list[Outcome] = [(*run.setup_error, {}) for _ in units]
         else:
-            values = _measure(run, entry)
-    except _Skip as err:
-        status, reason = "skipped", str(err)
-    except _Fail as err:
-        status, reason = "failed", str(err)
-    except Exception as err:  # noqa: BLE001 - a sweep must survive any one image
-        log.exception("image %s failed", entry.image_id)
-        status, reason = "failed", f"{type(err).__name__}: {_one_line(err)}"
+            outcomes = _measure_entries(run, entries)
+    except Exception as err:  # noqa: BLE001 - a sweep must survive any one batch
+        outcomes = [_outcome_of(err, f"batch of {entries[0].image_id}")] * len(units)
+    return [_unit_rows(run, unit, *outcome) for unit, outcome in zip(units, outcomes)]
+
+
+def _measure_entries(run: _Run, entries: Sequence[Entry]) -> list[Outcome]:
+    """Prepare each image (an unusable one gets its own outcome), then measure the rest as one
+    batch, or one by one for a method that is not batch-separable."""
+    outcomes: list[Outcome | None] = [None] * len(entries)
+    prepared: list[tuple[int, _Image]] = []
+    for j, entry in enumerate(entries):
+        try:
+            prepared.append((j, _prepare(run, entry)))
+        except Exception as err:  # noqa: BLE001
+            outcomes[j] = _outcome_of(err, f"image {entry.image_id}")
+    groups = [prepared] if batch_separable(run.inverter) else [[p] for p in prepared]
+    for group in (g for g in groups if g):
+        try:
+            measured = _measure(run, [entries[j] for j, _ in group], [img for _, img in group])
+        except Exception as err:  # noqa: BLE001
+            measured = [_outcome_of(err, f"image {entries[group[0][0]].image_id}")] * len(group)
+        for (j, _), outcome in zip(group, measured):
+            outcomes[j] = outcome
+    return [o if o is not None else ("failed", "not measured", {}) for o in outcomes]
+
+
+def _unit_rows(run: _Run, unit: Unit, status: str, reason: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per expected metric of one image, with its status and reason."""
+    entry = unit.entries[0]
     info = run.info if run.info is not None else _fallback_info(run)
     if status == "ok":  # an ok row's reason carries a warning about its input (e.g. a truncated caption)
         check = getattr(run.adapter, "prompt_warning", None)
@@ -305,6 +373,7 @@ def _fallback_info(run: _Run) -> RunInfo:
         checkpoint=s.checkpoint.label if s.checkpoint is not None else "", schedule=s.schedule_name or s.schedule.kind,
         inverter=s.inverter, adapter="unknown", num_steps=0, guidance_scale=s.guidance_scale, seed=s.seed,
         provenance=provenance("unknown", "unknown", s.inverter_params, asdict(s.schedule), s.config),
+        batch_size=run.batch_size,
     )
 
 
@@ -337,14 +406,19 @@ def cached_image(cache: TensorCache, key: dict[str, Any], adapter: Any, entry: E
     return pixels, latent, ceiling
 
 
-def cached_conditioning(cache: TensorCache, settings: RunSettings, adapter: Any, caption: str) -> Conditioning:
-    """The caption's prompt embeddings at the run's guidance: from the cache, or encoded and stored."""
-    key = {**cache_fields(settings, adapter), "caption": caption, "guidance_scale": float(settings.guidance_scale)}
+def cached_conditioning(
+    cache: TensorCache, settings: RunSettings, adapter: Any, caption: str | Sequence[str]
+) -> Conditioning:
+    """The caption's prompt embeddings at the run's guidance: from the cache, or encoded and stored.
+    A list of captions is one batch's conditioning, encoded together by the adapter."""
+    named = {"caption": caption} if isinstance(caption, str) else {"captions": list(caption)}
+    key = {**cache_fields(settings, adapter), **named, "guidance_scale": float(settings.guidance_scale)}
     hit = cache.get("prompt", key, getattr(adapter, "device", "cpu"))
     if hit is not None:
         return conditioning_from_tensors(*hit)
     with torch.no_grad():
-        cond = adapter.encode_prompts([caption], guidance_scale=settings.guidance_scale)
+        prompts = [caption] if isinstance(caption, str) else list(caption)
+        cond = adapter.encode_prompts(prompts, guidance_scale=settings.guidance_scale)
     cache.put("prompt", key, *conditioning_to_tensors(cond))
     return cond
 
@@ -367,7 +441,7 @@ def _prepare(run: _Run, entry: Entry) -> _Image:
     return _Image(pixels, latent, ceiling, cond, grid, image_key)
 
 
-def _invert(run: _Run, denoiser: Any, img: _Image) -> InversionResult:
+def _invert(run: _Run, denoiser: Any, img: _Batch) -> InversionResult:
     try:
         with torch.no_grad():
             return run.inverter(denoiser, img.latent, img.grid, img.cond)
@@ -375,34 +449,76 @@ def _invert(run: _Run, denoiser: Any, img: _Image) -> InversionResult:
         raise _Skip(f"does not apply: {_one_line(err)}") from None
 
 
-def _measure(run: _Run, entry: Entry) -> dict[str, Any]:
-    """Every metric value of one image (a str value is that metric's failure reason)."""
+@dataclass
+class _Batch:
+    """Prepared images stacked along the batch: one inversion call serves them all."""
+
+    pixels: Tensor
+    latent: Tensor
+    cond: Conditioning
+    grid: Grid
+
+    @property
+    def size(self) -> int:
+        return int(self.latent.shape[0])
+
+
+def _stack(run: _Run, entries: Sequence[Entry], images: Sequence[_Image]) -> _Batch:
+    """One image as it is; several: pixels and latents concatenated, the captions encoded
+    together (cached by the list of captions) and the first grid with its stored noise repeated
+    for every image (each image gets the noise it would get alone)."""
+    if len(images) == 1:
+        img = images[0]
+        return _Batch(img.pixels, img.latent, img.cond, img.grid)
+    size = len(images)
+    grid = images[0].grid
+    if grid.noises is not None:
+        grid = grid.with_noises(tuple(n.expand(size, *n.shape[1:]).contiguous() for n in grid.noises))
+    captions = [entry.caption or "" for entry in entries]
+    cond = cached_conditioning(run.cache, run.settings, run.adapter, captions)
+    return _Batch(torch.cat([i.pixels for i in images]), torch.cat([i.latent for i in images]), cond, grid)
+
+
+def _nonfinite(stages: Sequence[tuple[str, Tensor]], j: int) -> str | None:
+    """Why image ``j`` of a batch diverged (the first stage with a non-finite value), or None."""
+    for stage, tensor in stages:
+        if not bool(torch.isfinite(tensor[j]).all()):
+            return f"diverged: non-finite {'image' if stage == 'decoding' else 'latent'} after {stage}"
+    return None
+
+
+def _measure(run: _Run, entries: Sequence[Entry], images: Sequence[_Image]) -> list[Outcome]:
+    """Every metric value of each image of a batch (a str value is that metric's failure reason);
+    an image whose latent or decoded image is non-finite gets ``failed``, the rest go on."""
     refusal = task_refusal(run.inverter, "reconstruct")  # e.g. FlowEdit: inversion-free editing
     if refusal is not None:
         raise _Skip(refusal)
     torch.manual_seed(run.settings.seed)
-    img = _prepare(run, entry)
-    device = img.latent.device
+    batch = _stack(run, entries, images)
+    device = batch.latent.device
     counting = CountingDenoiser(run.denoiser)
-    recon = functools.partial(_reconstruct, counting, grid=img.grid, cond=img.cond)
+    recon = functools.partial(_reconstruct, counting, grid=batch.grid, cond=batch.cond)
     if not run.warmed:
         for _ in range(run.settings.warmup):
-            recon(_invert(run, counting, img))
+            recon(_invert(run, counting, batch))
         run.warmed = True
-    if run.network is None:
-        warn_if_loaded("start of the timed work")
-        run.network = (_network_times(run, img, device) if run.settings.time_network
-                       else NetworkTimes(None, None, "time_network=false"))
+    if batch.size not in run.networks:
+        if run.network is None:
+            warn_if_loaded("start of the timed work")
+        run.networks[batch.size] = (_network_times(run, batch, device) if run.settings.time_network
+                                    else NetworkTimes(None, None, "time_network=false"))
+        run.network = run.network or run.networks[batch.size]
 
     def invert_once() -> InversionResult:
         counting.counter.reset()
-        return _invert(run, counting, img)
+        return _invert(run, counting, batch)
 
     with PeakMemory(device) as memory:
         inverted = time_call(invert_once, device, run.settings.repeats)
     result: InversionResult = inverted.value  # type: ignore[assignment]
     nfe_forward, nfe_backward = counting.counter.forward, counting.counter.backward
-    _check_finite(result.z, "inversion")
+    if not bool(torch.isfinite(result.z).any()):
+        _check_finite(result.z, "inversion")  # nothing to reconstruct from
 
     def reconstruct_once() -> Tensor:
         counting.counter.reset()
@@ -410,38 +526,51 @@ def _measure(run: _Run, entry: Entry) -> dict[str, Any]:
 
     rebuilt = time_call(reconstruct_once, device, run.settings.repeats)
     z_rec: Tensor = rebuilt.value  # type: ignore[assignment]
-    _check_finite(z_rec, "reconstruction")
     with torch.no_grad():
-        residuals = step_residuals(run.denoiser, result, img.grid, img.cond)[:, 0]
+        residuals = step_residuals(run.denoiser, result, batch.grid, batch.cond)
         decoded = run.adapter.decode_latents(z_rec)
-    _check_finite(decoded, "decoding")
-    if run.settings.out_dir is not None:
-        from eval.report.plots import save_run_images  # matplotlib: only when an image is computed
-
-        save_run_images(Path(run.settings.out_dir), entry.image_id, img.pixels, decoded)
-    normality = LatentGaussianity()(result.z)
-    values: dict[str, Any] = {
-        "psnr_vae_ceiling": img.ceiling_psnr,
-        "psnr_gap_to_vae": img.ceiling_psnr - psnr(decoded, img.pixels)[0].item(),
-        "latent_rmse": latent_rmse(z_rec, img.latent)[0].item(),
-        "residual_rms_mean": residuals.mean().item(),
-        "residual_rms_max": residuals.max().item(),
+    stages = (("inversion", result.z), ("reconstruction", z_rec), ("decoding", decoded))
+    shared: dict[str, Any] = {
         "nfe_forward": nfe_forward,
         "nfe_backward": nfe_backward,
         "nfe_forward_reconstruct": counting.counter.forward,
-        "time_invert_s": inverted.median_s,
-        "time_reconstruct_s": rebuilt.median_s,
+        "time_invert_s": inverted.median_s / batch.size,
+        "time_reconstruct_s": rebuilt.median_s / batch.size,
         "peak_memory_mb": memory.mb,
-        **_overhead(run.network, inverted.median_s, nfe_forward, nfe_backward),
-        **{name: normality[name][0].item() for name in GAUSSIANITY_ROWS},
+        **_overhead(run.networks[batch.size], inverted.median_s, nfe_forward, nfe_backward),
     }
-    values.update(_image_metrics(run, decoded, img.pixels, entry.caption, img.key))
-    return values
+    pixels = batch.pixels.to(decoded.device)
+    scores = psnr(decoded, pixels)
+    rmse = latent_rmse(z_rec, batch.latent)
+    normality = LatentGaussianity()(result.z)
+    outcomes: list[Outcome] = []
+    for j, (entry, img) in enumerate(zip(entries, images)):
+        why = _nonfinite(stages, j)
+        if why is not None:
+            outcomes.append(("failed", why, {}))
+            continue
+        if run.settings.out_dir is not None:
+            from eval.report.plots import save_run_images  # matplotlib: only when an image is computed
+
+            save_run_images(Path(run.settings.out_dir), entry.image_id, pixels[j:j + 1], decoded[j:j + 1])
+        values: dict[str, Any] = {
+            "psnr_vae_ceiling": img.ceiling_psnr,
+            "psnr_gap_to_vae": img.ceiling_psnr - scores[j].item(),
+            "latent_rmse": rmse[j].item(),
+            "residual_rms_mean": residuals[:, j].mean().item(),
+            "residual_rms_max": residuals[:, j].max().item(),
+            **shared,
+            **{name: normality[name][j].item() for name in GAUSSIANITY_ROWS},
+        }
+        values.update(_image_metrics(run, decoded[j:j + 1], pixels[j:j + 1], entry.caption, img.key))
+        outcomes.append(("ok", "", values))
+    return outcomes
 
 
-def _network_times(run: _Run, img: _Image, device: torch.device) -> NetworkTimes:
-    """The bare network's forward and backward seconds on this run's first image, at the middle
-    level of its grid (a backward that cannot run, e.g. out of memory, is left out with why)."""
+def _network_times(run: _Run, img: _Batch, device: torch.device) -> NetworkTimes:
+    """The bare network's forward and backward seconds on this run's first batch of this size, at
+    the middle level of its grid (a backward that cannot run, e.g. out of memory, is left out
+    with why)."""
     level = img.grid.levels[len(img.grid.levels) // 2]
     try:
         return bare_network_times(run.denoiser, img.latent, level, img.cond, device, backward=True)

@@ -7,6 +7,8 @@ callable (which builds the model lazily, on its first call), and:
    their content key and skipped, and ``resumed K of N units`` is logged;
 2. takes this process's block of the units (:class:`eval.distributed.Shard`);
 3. measures each remaining unit and records its rows at once (a kill loses at most that unit);
+   with ``batch_size`` > 1, ``measure_batch`` measures consecutive remaining units together and
+   each unit's rows are recorded as the batch ends (a kill loses at most that batch);
    a logger gets each unit's rows (a logger that fails never stops the run);
 4. waits for every rank; rank 0 writes the one ``results.csv`` in plan order and returns it.
 
@@ -46,11 +48,14 @@ def run_units(
     on_rows: Callable[[pd.DataFrame], None] | None = None,
     desc: str = "",
     stages: Mapping[str, float] | None = None,
+    batch_size: int = 1,
+    measure_batch: Callable[[Sequence[Unit]], list[Rows]] | None = None,
 ) -> pd.DataFrame:
     """Measure the plan's unfinished units of this rank; the whole table (rank 0) or this rank's rows.
 
     ``stages`` is a live mapping of stage name -> seconds the caller accumulates (written to
-    ``timings.json``).
+    ``timings.json``). ``measure_batch(units) -> rows of each unit`` is used for batches of
+    ``batch_size`` units (the last may be smaller); without it units are measured one by one.
     """
     shard = shard or Shard()
     start = time.perf_counter()
@@ -62,17 +67,22 @@ def run_units(
     if settings.out_dir is not None:
         where = f"rank {shard.rank}/{shard.world_size}: " if shard.world_size > 1 else ""
         log.info("%sresumed %d of %d units; %d to run here", where, resumed, len(units), len(todo))
-    for unit in tqdm(todo, desc=desc, disable=not settings.progress, unit="img"):
-        rows = measure(unit)
-        store.append(rows)
-        if on_rows is not None:
-            try:
-                on_rows(to_frame(rows))
-            except Exception:  # noqa: BLE001 - a logger never stops the benchmark
-                log.exception("logger failed on the rows of %s", unit.item)
+    size = batch_size if measure_batch is not None else 1
+    with tqdm(total=len(todo), desc=desc, disable=not settings.progress, unit="img") as bar:
+        for start_at in range(0, len(todo), size):
+            batch = todo[start_at:start_at + size]
+            measured = measure_batch(batch) if measure_batch is not None and size > 1 else [measure(u) for u in batch]
+            for unit, rows in zip(batch, measured):
+                store.append(rows)
+                if on_rows is not None:
+                    try:
+                        on_rows(to_frame(rows))
+                    except Exception:  # noqa: BLE001 - a logger never stops the benchmark
+                        log.exception("logger failed on the rows of %s", unit.item)
+            bar.update(len(batch))
     table = store.finish(units, rows_per_unit)
     _write_timings(settings.out_dir, shard, {
-        "units": len(units), "resumed": resumed, "computed": len(todo),
+        "units": len(units), "resumed": resumed, "computed": len(todo), "batch_size": size,
         "wall_s": time.perf_counter() - start, **dict(stages or {}),
     })
     return table

@@ -19,7 +19,9 @@ Columns (:data:`COLUMNS`, in this order):
 - ``metric``, ``value`` (float; NaN unless status is ok), ``status`` (:data:`STATUSES`),
   ``reason`` (empty when ok, or a warning about the input such as a truncated caption), ``higher_is_better`` (bool);
 - run settings: ``num_steps`` (grid steps actually inverted, after ``strength``),
-  ``guidance_scale`` (inversion/reconstruction CFG), ``seed``;
+  ``guidance_scale`` (inversion/reconstruction CFG), ``seed``, ``batch_size`` (images inverted
+  together in one network call per evaluation; the per-image times and NFE of a batch row are
+  explained with those metrics below);
 - provenance (:func:`provenance`, identical on every row of a run, also in
   ``provenance.json``): ``git_commit`` (``<sha>``, ``<sha>-dirty``, or ``unknown``), ``torch_version``,
   ``diffusers_version``, ``transformers_version``, ``device``, ``dtype``, and JSON strings
@@ -43,13 +45,18 @@ input image on [0, 1]:
 - ``residual_rms_mean`` / ``residual_rms_max``: mean / max over steps of the per-step RMS of
   ``r(z_{i+1}) = sample_step(pred(z_{i+1})) - z_i`` along the inversion (gnri.core.step_residuals);
 - ``nfe_forward`` / ``nfe_backward``: network forward / backward (VJP) passes of one inversion
-  (CFG counts 2); ``nfe_forward_reconstruct``: forward passes of one reconstruction;
+  (CFG counts 2); ``nfe_forward_reconstruct``: forward passes of one reconstruction. In a batch
+  every image is in every call, so these are the batch's calls (a per-image stopping rule that
+  stops one image early does not shorten the batch);
 - ``time_invert_s`` / ``time_reconstruct_s``: median wall seconds over ``repeats``, after warm-up;
-- ``peak_memory_mb``: peak memory during one inversion (CUDA allocator peak; CPU: process RSS);
+  per image: a batch's time divided by its number of images;
+- ``peak_memory_mb``: peak memory during one inversion (CUDA allocator peak; CPU: process RSS),
+  of the whole batch;
 - ``time_network_call_s`` / ``time_network_backward_s``: the bare network (the diffusers module
   on inputs prepared once) per forward pass / per backward pass, timed in the same run the same
-  way (:func:`eval.timing.bare_network_times`, once per run, the same on every row of it);
-- ``overhead_ratio``: ``time_invert_s / (nfe_forward x call + nfe_backward x backward)``: 1 is
+  way (:func:`eval.timing.bare_network_times`, once per run and batch shape: one call on the
+  whole batch);
+- ``overhead_ratio``: ``batch time / (nfe_forward x call + nfe_backward x backward)``: 1 is
   the network alone, the rest is the method's and the harness's own cost;
 - ``latent_mean`` / ``latent_var`` / ``latent_ks_stat``: how Gaussian the inverted latent is
   (ideal 0 / 1 / 0; Kolmogorov-Smirnov statistic against N(0, 1) over its values): the
@@ -82,7 +89,7 @@ PROVENANCE_COLUMNS = (
 )
 COLUMNS = (
     "run_id", "unit_key", "model", "checkpoint", "schedule", "inverter", "adapter", "image", "caption", "metric",
-    "value", "status", "reason", "higher_is_better", "num_steps", "guidance_scale", "seed",
+    "value", "status", "reason", "higher_is_better", "num_steps", "guidance_scale", "seed", "batch_size",
     *PROVENANCE_COLUMNS,
 )
 # name -> higher_is_better, for the metrics the harness computes itself (documented above).
@@ -197,6 +204,7 @@ class RunInfo:
     seed: int
     provenance: dict[str, str] = field(default_factory=dict)
     checkpoint: str = ""  # what was loaded (eval.identity label); empty: unknown
+    batch_size: int = 1  # images per inversion call (reconstruct task); 1 elsewhere
 
     def row(
         self, image: str, caption: str | None, metric: str, value: float, status: str,
@@ -211,7 +219,7 @@ class RunInfo:
             "value": float(value) if status == "ok" else math.nan, "status": status,
             "reason": one_line(reason), "higher_is_better": bool(higher_is_better),
             "num_steps": self.num_steps, "guidance_scale": self.guidance_scale, "seed": self.seed,
-            **{k: self.provenance.get(k, "") for k in PROVENANCE_COLUMNS},
+            "batch_size": self.batch_size, **{k: self.provenance.get(k, "") for k in PROVENANCE_COLUMNS},
         }
 
 
@@ -253,7 +261,7 @@ def read_records(path: str | Path) -> pd.DataFrame:
 
     A last line without its line break (a write cut short by a kill) is dropped, never parsed:
     rows never contain line breaks (:func:`one_line`), so only a torn line lacks one. Columns
-    this version added (``unit_key``, ``checkpoint``) are empty in older files.
+    this version added (``unit_key``, ``checkpoint``) are empty in older files, ``batch_size`` is 1.
     """
     file = Path(path)
     if not file.exists() or file.stat().st_size == 0:
@@ -267,6 +275,8 @@ def read_records(path: str | Path) -> pd.DataFrame:
     for column in ("unit_key", "checkpoint", "machine"):
         if column not in df.columns:
             df[column] = ""
+    if "batch_size" not in df.columns:
+        df["batch_size"] = 1
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
     df["higher_is_better"] = df["higher_is_better"].astype(str).str.lower().eq("true")
     return df

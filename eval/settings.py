@@ -8,8 +8,9 @@ from the config.
 
 :meth:`RunSettings.key_fields` is the part of it that decides a result: the checkpoint's
 identity (not the config name), device and dtype, the schedule, the inverter and its resolved
-hyperparameters, the task and its options, the metric set, seed and guidance (``guidance_scale``, and
-``true_cfg_scale`` when it is not 1). Warm-up, repeats,
+hyperparameters, the task and its options, the metric set, seed, guidance (``guidance_scale``, and
+``true_cfg_scale`` when it is not 1) and a batch size other
+than 1 (it changes the per-image clock). Warm-up, repeats,
 progress, paths and ``max_images`` change no value and stay out. :func:`unit_key` adds one
 dataset item (index, image-file hash, caption) to it: the content key stored in every row.
 """
@@ -48,6 +49,7 @@ class RunSettings:
     seed: int = 0
     guidance_scale: float = 1.0  # UNet: classifier-free guidance; FLUX: the guidance embedding's input
     true_cfg_scale: float = 1.0  # FLUX: true classifier-free guidance when > 1 (two forwards); UNet: stays 1
+    batch_size: int = 1  # images per inversion call (task=reconstruct); enters the key when != 1
     warmup: int = 1
     repeats: int = 1
     time_network: bool = True  # time the bare network once per run (eval.timing.bare_network_times)
@@ -64,6 +66,11 @@ class RunSettings:
             raise ValueError(f"task.name must be one of {TASKS}, got {self.task!r}")
         if self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {self.warmup} and {self.repeats}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size > 1 and self.task != "reconstruct":
+            raise ValueError(f"batch_size applies to task=reconstruct only, got batch_size={self.batch_size} "
+                             f"with task={self.task}")
         if self.max_images is not None and self.max_images < 0:
             raise ValueError(f"max_images must be >= 0 or null, got {self.max_images}")
 
@@ -84,8 +91,9 @@ class RunSettings:
             "metrics": list(self.metrics), "metric_options": dict(self.metric_options),
             "seed": self.seed, "guidance_scale": float(self.guidance_scale),
             **({"true_cfg_scale": float(self.true_cfg_scale)} if float(self.true_cfg_scale) != 1.0 else {}),
+            # batch 1 keys stay as they were; a batch changes the clock, not the images' values
+            **({"batch_size": self.batch_size} if self.batch_size != 1 else {}),
         }
-
 
     def guidance_options(self) -> dict[str, float]:
         """The keyword arguments of ``adapter.encode_prompts`` for the run's guidance

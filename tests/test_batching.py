@@ -1,0 +1,135 @@
+"""Batched inversion (``batch_size=B``): every inverter is batch-separable, a batch's rows equal
+batch 1's, a broken image or a diverging image fails alone, and a method marked not separable
+runs image by image."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from baselines import ddim
+from eval.data import Entry, sample_dataset
+from eval.harness import batch_separable, evaluate
+from eval.metrics import build_metrics
+from gnri.core import InversionResult
+from gnri.models.base import ScheduleSpec
+from gnri.registry import METHODS, method_entry
+from test_harness import ToyAdapter
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPTIONS = ["a red ball on grass", "a blue cube", "two green trees by a lake"]
+
+
+def _single_and_batch(adapter, name: str, schedule: ScheduleSpec, guidance: float):
+    fn, params = method_entry(name)
+    torch.manual_seed(0)
+    latents = torch.randn(3, *adapter.encode_images(torch.zeros(1, 3, *adapter.image_size())).shape[1:])
+    with torch.no_grad():
+        batch = fn(adapter.denoiser(), latents, adapter.grid(schedule, tuple(latents.shape)),
+                   adapter.encode_prompts(CAPTIONS, guidance), **params)
+        singles = [
+            fn(adapter.denoiser(), latents[i:i + 1], adapter.grid(schedule, (1, *latents.shape[1:])),
+               adapter.encode_prompts([CAPTIONS[i]], guidance), **params).z
+            for i in range(3)
+        ]
+    return batch.z, torch.cat(singles)
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_every_registered_method_is_batch_separable(family: str, request) -> None:
+    """Batch of 3 (different latents and prompts) == each image alone, for every method name:
+    per-image iterates and stopping rules. A method that is not must say so (``batch_separable``)."""
+    adapter = request.getfixturevalue(f"tiny_{family}_adapter")
+    schedule = ScheduleSpec(kind="ddim", num_steps=2) if family == "sd" else ScheduleSpec(kind="flow_euler", num_steps=2)
+    guidance = 3.0 if family == "sd" else 1.0  # CFG on the UNet, so null-text and NPI apply too
+    checked = []
+    for name in sorted(METHODS):
+        fn, _ = method_entry(name)
+        if not batch_separable(fn):
+            continue
+        try:
+            z_batch, z_single = _single_and_batch(adapter, name, schedule, guidance)
+        except ValueError:  # the method does not apply to this family / guidance
+            continue
+        torch.testing.assert_close(z_batch, z_single, rtol=1e-4, atol=1e-4, msg=f"{name}: batch != single")
+        checked.append(name)
+    assert {"ddim", "fixed_point3", "gnri", "gnri_official", "gnri_aa"} <= set(checked)
+
+
+def _world_rows(tiny_sd_adapter, batch_size: int, schedule: ScheduleSpec) -> pd.DataFrame:
+    fn, params = method_entry("fixed_point3")
+    return evaluate(tiny_sd_adapter, schedule, lambda d, x, g, c: fn(d, x, g, c, **params), "fixed_point3",
+                    sample_dataset()[:3], build_metrics(["psnr"]), warmup=0, progress=False,
+                    batch_size=batch_size, time_network=False)
+
+
+@pytest.mark.parametrize("schedule", [ScheduleSpec(kind="ddim", num_steps=3),
+                                      ScheduleSpec(kind="euler_ancestral", num_steps=3, spacing="trailing")],
+                         ids=["ddim", "ancestral_stored_noise"])
+def test_batch_rows_equal_batch_one(tiny_sd_adapter, schedule: ScheduleSpec) -> None:
+    one = _world_rows(tiny_sd_adapter, 1, schedule)
+    two = _world_rows(tiny_sd_adapter, 2, schedule)  # 3 images: a batch of 2, then a batch of 1
+    timed = ("time_network_call_s", "time_network_backward_s", "overhead_ratio")  # time_network=false
+    for df in (one, two):
+        assert (df[~df["metric"].isin(timed)]["status"] == "ok").all()
+    assert set(one["batch_size"]) == {1} and set(two["batch_size"]) == {2}
+    for metric, tol in (("psnr", 0.01), ("psnr_gap_to_vae", 0.01), ("nfe_forward", 0)):
+        a = one[one["metric"] == metric].set_index("image")["value"]
+        b = two[two["metric"] == metric].set_index("image")["value"]
+        assert (a - b).abs().max() <= tol, metric
+    per_image = two[two["metric"] == "time_invert_s"]["value"]
+    assert (per_image > 0).all()
+
+
+def test_a_broken_image_and_a_diverging_image_fail_alone(tmp_path: Path) -> None:
+    entries = sample_dataset()[:3]
+    broken = Entry(image_id="gone.png", path=tmp_path / "gone.png", caption="missing")
+    calls = []
+
+    def nan_in_second(denoiser, x0, grid, cond) -> InversionResult:
+        calls.append(x0.shape[0])
+        result = ddim.invert(denoiser, x0, grid, cond)
+        z = result.z.clone()
+        z[1] = math.nan
+        return InversionResult(z, result.trajectory, result.steps)
+
+    df = evaluate(ToyAdapter(), ScheduleSpec(num_steps=3), nan_in_second, "scripted", [entries[0], broken, *entries[1:]],
+                  build_metrics(["psnr"]), warmup=0, progress=False, batch_size=4)
+    assert calls == [3]  # the unreadable image never joins the batch
+    status = df[df["metric"] == "psnr"].set_index("image")["status"]
+    reason = df[df["metric"] == "psnr"].set_index("image")["reason"]
+    assert status["gone.png"] == "skipped" and "cannot read image" in reason["gone.png"]
+    assert status[entries[1].image_id] == "failed" and "non-finite latent" in reason[entries[1].image_id]
+    assert status[entries[0].image_id] == "ok" and status[entries[2].image_id] == "ok"
+
+
+def test_a_method_marked_not_separable_runs_image_by_image() -> None:
+    shapes = []
+
+    def one_at_a_time(denoiser, x0, grid, cond) -> InversionResult:
+        shapes.append(x0.shape[0])
+        return ddim.invert(denoiser, x0, grid, cond)
+
+    one_at_a_time.batch_separable = False  # type: ignore[attr-defined]
+    df = evaluate(ToyAdapter(), ScheduleSpec(num_steps=2), one_at_a_time, "scripted", sample_dataset()[:3],
+                  build_metrics(["psnr"]), warmup=0, progress=False, batch_size=3)
+    assert shapes == [1, 1, 1]
+    assert set(df["batch_size"]) == {1} and (df[df["metric"] == "psnr"]["status"] == "ok").all()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["batch_size=0"], "run.py: batch_size=0: must be an integer >= 1"),
+    (["batch_size=2", "task=edit"], "run.py: batch_size=2: batches apply to task=reconstruct only (task=edit)"),
+])
+def test_run_py_refuses_bad_batch_settings_before_loading(tmp_path: Path, overrides: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "run.py", "model=sd15", f"model.pretrained={tmp_path / 'absent'}", *overrides,
+         f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip() == message
