@@ -39,6 +39,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     **{name: (0, None, False) for name in ("lr", "step_size", "fd_step")},
     **{name: (0, 1, False) for name in ("damping", "mix_weight", "lr_decay", "plateau_factor")},
     "interp": (0, 1, True),
+    "omega_max": (1, None, True),  # gnri_2x
     # edit_friendly (skip: a fraction of the steps, < 1 checked by the inverter), flowedit
     **{name: (1, None, True) for name in ("n_max", "n_avg")},
     "n_min": (0, None, True),

@@ -40,12 +40,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from baselines import anderson as aidi  # noqa: E402
-from baselines import ddim, fixed_point  # noqa: E402
+from baselines import ddim, edict, fixed_point  # noqa: E402
 from eval.data import sample_dataset  # noqa: E402
 from eval.metrics.psnr import psnr  # noqa: E402
 from eval.timing import time_call  # noqa: E402
-from gnri.core import CountingDenoiser, sample, step_residuals  # noqa: E402
-from gnri.methods import anderson, gnri, gnri_official, newton_krylov  # noqa: E402
+from gnri.core import CountingDenoiser, Level, reconstruct, step_residuals  # noqa: E402
+from gnri.methods import anderson, gnri, gnri_2x, gnri_official, newton_krylov  # noqa: E402
 from gnri.models.base import ScheduleSpec  # noqa: E402
 from gnri.models.tiny import tiny_adapter  # noqa: E402
 
@@ -56,12 +56,67 @@ KINDS = {"sd": "ddim", "sdxl": "euler", "flux": "flow_euler", "world_sd": "euler
 class Row:
     name: str
     residual: float
+    residual_median: float
     roundtrip: float
     psnr_decoded: float
     psnr_input: float
     forward: int
     backward: int
     seconds: float
+
+
+def official_transcription(
+    denoiser: Any, x0: torch.Tensor, grid: Any, cond: Any, *, lam: float = 0.1, n_iters: int = 2,
+    start: str = "x", centre: str = "marginal", weight: str = "one",
+) -> Any:
+    """The public code's sign step written by hand in the grid's latent coordinates (issue 14's
+    transcription); never calls ``gnri.methods``. ``f`` is DDIM's Eq. 4 (VP) or the flow Euler step
+    solved for ``z_t``; its first probe is DDIMInverseScheduler's call (timestep t, cleaner scales).
+    Score ``|f - z| + w (lam/2) (f - c)^2 / s_t^2``, step ``z + mean(score) sign(f - z)``, keep the
+    best ``f``. Ablations of the ingredients: ``start='ve'`` (first probe at ``(a_t/a_{t-1}) z_{t-1}``,
+    the VE scheduler's), ``centre='z0'`` (``c = z0`` with ``s_t / a_t``), ``weight='a'`` (``w = a_t``)."""
+    from types import SimpleNamespace
+
+    lv, x, traj = grid.levels, x0, [x0]
+    with torch.no_grad():
+        for i in range(len(lv) - 1):
+            xl, zl = lv[i], lv[i + 1]
+            z = (zl.a / xl.a) * x if start == "ve" else x
+            best, best_score = x, torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
+            for k in range(n_iters):
+                level = Level(zl.t, xl.a, xl.s) if (k == 0 and start == "x") else zl
+                pred = denoiser(z, level, cond)
+                if grid.family == "vp":
+                    f = zl.a * (x - xl.s * pred.eps) / xl.a + zl.s * pred.eps
+                else:
+                    f = x + (zl.s - xl.s) * (pred.eps - pred.x0)
+                if centre == "z0":
+                    prior = ((f - x0) * (zl.a / zl.s)) ** 2
+                else:
+                    prior = ((f - zl.a * x0) / zl.s) ** 2
+                fvec = ((f - z).abs() + (zl.a if weight == "a" else 1.0) * (lam / 2) * prior).flatten(1)
+                score = fvec.mean(dim=1)
+                take = (score < best_score).view(-1, *([1] * (x.dim() - 1)))
+                best, best_score = torch.where(take, f, best), torch.minimum(score, best_score)
+                z = z + score.view(-1, *([1] * (x.dim() - 1))) * torch.sign(f - z)
+            x = best
+            traj.append(x)
+    return SimpleNamespace(z=x, trajectory=tuple(traj), steps=(), cond_per_step=None, sampler=None)
+
+
+def official_methods() -> dict[str, Callable[..., Any]]:
+    """Issue 14: gnri_official's coordinates against the by-hand transcription and its ablations."""
+    return {
+        "ddim": ddim.invert,
+        "gnri_official": gnri_official.invert,
+        "gnri_official[scheduler]": partial(gnri_official.invert, coordinates="scheduler"),
+        "gnri_official[latent]": partial(gnri_official.invert, coordinates="latent"),
+        "transcription": official_transcription,
+        "transcription[start=ve]": partial(official_transcription, start="ve"),
+        "transcription[centre=z0]": partial(official_transcription, centre="z0"),
+        "transcription[weight=a]": partial(official_transcription, weight="a"),
+        "transcription[start=ve,weight=a]": partial(official_transcription, start="ve", weight="a"),
+    }
 
 
 def methods() -> dict[str, Callable[..., Any]]:
@@ -86,6 +141,61 @@ def methods() -> dict[str, Callable[..., Any]]:
         "gnri_aa[lam=0.1]": partial(anderson.invert, lam=0.1),
         "gnri_nk": newton_krylov.invert,
     }
+
+
+def two_x_methods() -> dict[str, Callable[..., Any]]:
+    """Issue 14: gnri_2x and its attempts against the methods at 2 network calls per step (DDIM at 1)."""
+    return {
+        "ddim": ddim.invert,
+        "fp2": partial(fixed_point.invert, max_iters=2),
+        "edict": edict.invert,
+        "gnri_official": gnri_official.invert,
+        "gnri_aa[iters=2]": partial(anderson.invert, max_iters=2),
+        "gnri_aa[warm,iters=2]": partial(anderson.invert, start="previous", max_iters=2),
+        "gnri_2x": gnri_2x.invert,
+        "gnri_2x[start=x]": partial(gnri_2x.invert, start="x"),
+        "gnri_2x[first=fixed_point]": partial(gnri_2x.invert, first="fixed_point"),
+        "gnri_2x[first=sigma]": partial(gnri_2x.invert, first="sigma"),
+        "gnri_2x[second=chebyshev]": partial(gnri_2x.invert, second="chebyshev"),
+    }
+
+
+def lam_times_numel(factor: float, **options: Any) -> Callable[..., Any]:
+    """gnri with ``lam = factor * D`` (D: the latent's per-sample size), the public fork's scaling."""
+
+    def run(denoiser: Any, x0: torch.Tensor, grid: Any, cond: Any) -> Any:
+        return gnri.invert(denoiser, x0, grid, cond, lam=factor * x0[0].numel(), **options)
+
+    return run
+
+
+PAPER_EULER = {"start": "prior_mean", "prior_mean": "transition", "prior_weight": "one"}
+
+
+def ablation_methods() -> dict[str, Callable[..., Any]]:
+    """Issue 14's ablations of the paper variant ``gnri`` (defaults: lam 0.1, 2 iterations, min_norm,
+    l2 prior, output f), with DDIM inversion, gnri_official and gnri_2x for reference."""
+    table: dict[str, Callable[..., Any]] = {"ddim": ddim.invert}
+    for lam in (0.0, 0.01, 0.1, 1.0):
+        table[f"gnri[lam={lam:g}]"] = partial(gnri.invert, lam=lam)
+    table["gnri[lam=0.1xD]"] = lam_times_numel(0.1)
+    for iters in (1, 2, 3, 4, 5):
+        table[f"gnri[iters={iters}]"] = partial(gnri.invert, max_iters=iters)
+    for rule in ("min_norm", "elementwise"):
+        for norm in ("l2", "l2_squared"):
+            table[f"gnri[{rule},{norm}]"] = partial(gnri.invert, step_rule=rule, prior_norm=norm)
+    table["gnri[output=z]"] = partial(gnri.invert, output="z")
+    table["gnri[paper_euler]"] = partial(gnri.invert, **PAPER_EULER)
+    table["gnri[paper_euler,lam=0.1xD]"] = lam_times_numel(0.1, **PAPER_EULER)
+    table["gnri_official"] = gnri_official.invert
+    table["gnri_official[scheduler]"] = partial(gnri_official.invert, coordinates="scheduler")
+    table["gnri_2x"] = gnri_2x.invert
+    return table
+
+
+SUITES: dict[str, Callable[[], dict[str, Callable[..., Any]]]] = {
+    "ablation": ablation_methods,
+    "variants": methods, "official": official_methods, "2x": two_x_methods}
 
 
 def load_model(name: str, device: str = "cpu") -> Any:
@@ -145,38 +255,39 @@ def bench(args: argparse.Namespace) -> None:
     cond = adapter.encode_prompts(captions)
     label = args.model if args.model.startswith("world_") else f"tiny_{args.model}"
     kind = args.kind or KINDS[args.model]
-    spacing = args.spacing or ("trailing" if kind == "euler" else None)
+    spacing = args.spacing or ("trailing" if kind in ("euler", "euler_ancestral") else None)
     print(f"model {label}  latents {args.latents} (RMS {float(x0.pow(2).mean().sqrt()):.3f})  "
           f"images {len(captions)}  warmup {args.warmup}  repeats {args.repeats}  device {device}")
     for steps in args.steps:
         grid = adapter.grid(ScheduleSpec(kind=kind, num_steps=steps, spacing=spacing), x0.shape)
         den = adapter.denoiser()
-        rows = []
-        for name, fn in methods().items():
-            result, fwd, bwd, secs = run_method(fn, adapter, x0, grid, cond, args.warmup, args.repeats)
-            with torch.no_grad():
-                rec = sample(den, result.z, grid, cond)
-                img = adapter.decode_latents(rec)
-                rows.append(Row(
-                    name, float(step_residuals(den, result, grid, cond).mean()),
-                    float((rec - x0).pow(2).mean().sqrt()), float(psnr(img, decoded).mean()),
-                    float(psnr(img, images).mean()), fwd, bwd, secs,
-                ))
-        base = next(r.seconds for r in rows if r.name == "ddim")
         ceiling = float(psnr(decoded, images).mean())
         print(f"\n{steps} steps ({kind}{', ' + spacing if spacing else ''}); VAE ceiling PSNR vs input {ceiling:.2f} dB")
-        print(f"{'method':24s} {'residual':>9s} {'roundtrip':>9s} {'PSNR dec':>8s} {'PSNR in':>8s} "
-              f"{'gap dB':>6s} {'fwd':>4s} {'bwd':>4s} {'time/ddim':>9s} {'ms':>8s}")
-        for r in rows:
-            print(f"{r.name:24s} {r.residual:9.2e} {r.roundtrip:9.2e} {r.psnr_decoded:8.2f} {r.psnr_input:8.2f} "
-                  f"{ceiling - r.psnr_input:6.2f} {r.forward:4d} {r.backward:4d} {r.seconds / base:9.2f} {1e3 * r.seconds:8.1f}")
+        print(f"{'method':24s} {'residual':>9s} {'res med':>9s} {'roundtrip':>9s} {'PSNR dec':>8s} {'PSNR in':>8s} "
+              f"{'gap dB':>6s} {'fwd':>4s} {'bwd':>4s} {'time/ddim':>9s} {'ms':>8s}", flush=True)
+        base = None  # the first method's time (ddim in every suite)
+        for name, fn in SUITES[args.suite]().items():
+            result, fwd, bwd, secs = run_method(fn, adapter, x0, grid, cond, args.warmup, args.repeats)
+            base = secs if base is None else base
+            with torch.no_grad():
+                rec = reconstruct(den, result, grid, cond)
+                img = adapter.decode_latents(rec)
+                per_step = step_residuals(den, result, grid, cond)
+                r = Row(
+                    name, float(per_step.mean()), float(per_step.median()),
+                    float((rec - x0).pow(2).mean().sqrt()), float(psnr(img, decoded).mean()),
+                    float(psnr(img, images).mean()), fwd, bwd, secs,
+                )
+            print(f"{r.name:24s} {r.residual:9.2e} {r.residual_median:9.2e} {r.roundtrip:9.2e} {r.psnr_decoded:8.2f} "
+                  f"{r.psnr_input:8.2f} {ceiling - r.psnr_input:6.2f} {r.forward:4d} {r.backward:4d} "
+                  f"{r.seconds / base:9.2f} {1e3 * r.seconds:8.1f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="GNRI variants vs DDIM inversion and fixed point, one model.")
     parser.add_argument("--model", choices=tuple(KINDS), default="sd",
                         help="tiny model family, or world_sd / world_flux (the embedded world's trained models)")
-    parser.add_argument("--kind", choices=("ddim", "euler", "flow_euler"), default=None,
+    parser.add_argument("--kind", choices=("ddim", "euler", "euler_ancestral", "flow_euler"), default=None,
                         help="schedule kind (default: ddim for sd, euler for sdxl and world_sd, flow_euler for flux)")
     parser.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default=None,
                         help="timestep spacing (default: trailing for euler, the checkpoint's own otherwise)")
@@ -186,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--suite", choices=tuple(SUITES), default="variants",
+                        help="variants: GNRI's variants (default); official: gnri_official vs the by-hand transcription")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto (cuda if available)")
     bench(parser.parse_args(argv))
     return 0
