@@ -164,3 +164,15 @@ def test_gpu_check_table_has_bare_network_overhead_memory_and_compile_columns(ca
     assert "| gnri_official | on | 0.210 | 0.200 | 1.050 |" in out
     assert "compile on: 42.0 s compiling" in out
     assert "overhead 1.200 (<= 1.05): NOT met" in out and "overhead 1.050 (<= 1.05): met" in out
+
+
+def test_a_bad_runtime_option_stops_before_loading_with_one_line() -> None:
+    from omegaconf import OmegaConf
+
+    from eval.validate import ConfigError, check_model_config
+
+    cfg = OmegaConf.create({"_target_": "gnri.models.tiny.tiny_adapter", "family": "sd", "compile_mode": "fast"})
+    with pytest.raises(ConfigError, match=r"^model=tiny_sd: model.compile_mode must be one of"):
+        check_model_config("tiny_sd", cfg)
+    check_model_config("tiny_sd", OmegaConf.create({"_target_": "gnri.models.tiny.tiny_adapter", "family": "sd",
+                                                    "compile": True, "compile_backend": "eager"}))
