@@ -327,6 +327,10 @@ def main(cfg: DictConfig) -> None:
     job_num = hc.job.get("num") if multirun else None
     launcher = str(hc.launcher.get("_target_", "")) if "launcher" in hc else ""
     device = local_device(pick_device(cfg.device, cfg.model.get("device"), launcher, job_num), shard)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        hint = "; add smoke=true to run this preset on its tiny model on the CPU" if cfg.get("paper_preset") else ""
+        print(f"run.py: device={device}: no CUDA device on this machine{hint}", file=sys.stderr)
+        sys.exit(2)
     cache_dir = None
     if cfg.get("cache", True):
         default = (Path(hc.sweep.dir) if multirun else run_dir) / ".cache"
@@ -361,7 +365,11 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    error = check_group_choices(sys.argv[1:])
+    from eval.presets import smoke_arguments
+
+    arguments, error = smoke_arguments(sys.argv[1:], CONF_DIR)
+    sys.argv[1:] = arguments
+    error = error or check_group_choices(sys.argv[1:])
     if error:
         print(error, file=sys.stderr)
         sys.exit(2)

@@ -77,7 +77,7 @@ def test_paper_table_values_ceiling_and_markdown() -> None:
     assert ceiling["psnr_n"] == 5
     md = paper_markdown(records, title="Reconstruction")
     assert "Tiny random-weight model" in md
-    assert "### tiny_sd · ddim10" in md and "| method | PSNR (dB) ↑ | gap to VAE (dB) ↓ | LPIPS ↓ | SSIM ↑ |" in md
+    assert "### tiny_sd · ddim10" in md and "| method | PSNR (dB) ↑ | gap to VAE (dB) ↓ | fail (> 3 dB) ↓ | LPIPS ↓ | SSIM ↑ |" in md
     assert "n/a" in md and "`clip_score` unavailable: clip_score: no local" in md
     assert "VJP" not in md  # no backward passes anywhere: column dropped
     assert "**0.2000**" in md  # best LPIPS in bold (gnri[max_iters=2])

@@ -29,12 +29,15 @@ from eval.summary import tiny_banner
 
 CI_LEVEL = 0.95
 TIME_TOTAL = "time_total_s"  # derived: inversion + reconstruction seconds of one image (paper's time axis)
+FAILURE_RATE = "failure_rate"  # derived: 1 per image more than FAILURE_GAP_DB under the VAE ceiling (or failed), else 0
+FAILURE_GAP_DB = 3.0
 VAE_ROW = "VAE ceiling"
 # (metric, header, format) of the paper table, in column order; absent metrics are dropped (a
 # reconstruction run has no edit columns, an edit run no reconstruction PSNR).
 PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("psnr", "PSNR (dB)", "{:.2f}"),
     ("psnr_gap_to_vae", "gap to VAE (dB)", "{:.2f}"),
+    (FAILURE_RATE, f"fail (> {FAILURE_GAP_DB:g} dB)", "{:.2f}"),
     ("lpips", "LPIPS", "{:.4f}"),
     ("lpips_vgg", "LPIPS-VGG", "{:.4f}"),
     ("ssim", "SSIM", "{:.4f}"),
@@ -176,9 +179,25 @@ def add_total_time(records: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([records, first[records.columns]], ignore_index=True)
 
 
+def add_failure_rate(records: pd.DataFrame) -> pd.DataFrame:
+    """Append ``failure_rate`` rows: per image 1 where the reconstruction is more than
+    :data:`FAILURE_GAP_DB` under the VAE ceiling or the method failed on it, else 0; its mean is the
+    share of catastrophic images that a mean PSNR hides. Skipped and unavailable images have none."""
+    if FAILURE_RATE in set(records["metric"]):
+        return records
+    gaps = records[(records["metric"] == "psnr_gap_to_vae") & records["status"].isin(("ok", "failed"))]
+    if gaps.empty:
+        return records
+    value = gaps["value"].astype(float)
+    failed = (gaps["status"] == "failed") | (value > FAILURE_GAP_DB) | ~np.isfinite(value)
+    rows = gaps.assign(metric=FAILURE_RATE, value=failed.astype(float), status="ok", reason="",
+                       higher_is_better=False)
+    return pd.concat([records, rows[records.columns]], ignore_index=True)
+
+
 def summarize(records: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
     """One row per ``by`` x metric: mean, ci95, n (ok images), n_rows, counts per status, a reason."""
-    df = add_total_time(label_methods(records))
+    df = add_failure_rate(add_total_time(label_methods(records)))
     keys = [*by, "metric"]
     cols = [*keys, "mean", "ci95", "ci_low", "ci_high", "n", "n_rows", "n_failed", "n_skipped", "n_unavailable",
             "higher_is_better", "reason"]
@@ -318,6 +337,9 @@ def paper_markdown(records: pd.DataFrame, title: str | None = None) -> str:
     if notes:
         parts += ["Notes:", *notes, ""]
     parts.append(f"Mean ± {int(CI_LEVEL * 100)}% confidence interval over images (Student t). {BOLD_RULE}")
+    if FAILURE_RATE in wide.columns:
+        parts.append(f"`fail`: the share of images more than {FAILURE_GAP_DB:g} dB under the VAE ceiling (or on which "
+                     "the method failed): a mean PSNR hides them.")
     if "overhead_ratio" in wide.columns:
         parts.append("`network call`: the bare network's seconds per forward pass, timed in the same run the same "
                      "way; `x network`: inversion time / (NFE x network call + VJP x network backward): 1 is the "

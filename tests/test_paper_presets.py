@@ -1,0 +1,66 @@
+"""Paper presets: every ``conf/experiment/paper_*.yaml`` runs in smoke mode (the tiny model of its
+family, 2 images, CPU) through run.py's whole sweep; without a GPU or data a preset stops in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from eval.presets import smoke_arguments
+from eval.records import read_records
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("paper_*.yaml"))
+
+
+def test_the_paper_presets_exist() -> None:
+    assert {"paper_recon_sd21", "paper_recon_sdxl_turbo", "paper_recon_flux", "paper_convergence", "paper_lambda",
+            "paper_timing", "paper_edit_sdxl_turbo", "paper_edit_flux"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_runs_in_smoke_mode(preset: str, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "run.py", "-m", f"experiment={preset}", "smoke=true", "progress=false",
+         f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep = OmegaConf.load(ROOT / "conf" / "experiment" / f"{preset}.yaml").hydra.sweeper.params
+    jobs = 1
+    for values in sweep.values():
+        jobs *= len(str(values).split(","))
+    tables = [read_records(p) for p in sorted(tmp_path.glob("*/results.csv"))]
+    assert len(tables) == jobs  # every configuration of the preset ran
+    rows = pd.concat(tables)
+    assert set(rows["model"]).issubset({"tiny_sd", "tiny_sdxl_turbo", "tiny_flux"})
+    assert '"paper_preset":"' + preset + '"' in rows["config"].iloc[0]
+    assert (rows["status"] == "ok").any()
+    assert not (rows["status"] == "failed").any(), rows[rows["status"] == "failed"][["inverter", "reason"]].head()
+
+
+def test_without_a_gpu_a_preset_stops_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "run.py", "-m", "experiment=paper_recon_flux", f"hydra.sweep.dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "run.py: device=cuda: no CUDA device on this machine; add smoke=true to run this preset on its tiny model "
+        "on the CPU")
+
+
+def test_smoke_arguments_add_the_stand_ins_and_keep_the_users_own(tmp_path: Path) -> None:
+    conf = ROOT / "conf"
+    args, error = smoke_arguments(["experiment=paper_recon_flux", "smoke=true", "max_images=1"], conf)
+    assert error is None
+    assert "model=tiny_flux" in args and "device=cpu" in args
+    assert "max_images=2" not in args and "max_images=1" in args  # the user's value wins
+    assert smoke_arguments(["smoke=true"], conf)[1].startswith("run.py: smoke=true needs exactly one experiment=")
+    assert "has no smoke_overrides" in smoke_arguments(["experiment=world_flow", "smoke=true"], conf)[1]
+    assert smoke_arguments(["experiment=paper_recon_flux"], conf) == (["experiment=paper_recon_flux"], None)
