@@ -42,12 +42,19 @@ at ``f``: in the code's VE Euler scheduler ``m_t = z0`` (the clean latent) and `
   ``((f - z0) a_t / s_t)^2`` centred on ``z0`` instead of ``a_t z0`` (wrong off VE; kept for
   the record of issue 14).
 
-Why ``grid`` is the default (issue 14): on the world UNet at DDIM 4 / 10 leading steps the
-former default (``scheduler``) was 3-13 dB behind an independent VP transcription of the sign
-step (the issue's); the differences were the start ``(a_t / a_{t-1}) z_{t-1}`` (the largest
-part), the prior centre ``z0`` (``latent``) and the prior's ``a_t`` factor. ``grid`` equals that
-transcription (``tests/test_gnri_official_translation.py``; ``results/bench_gnri/official_*``).
-On Euler grids ``grid`` and ``scheduler`` differ by the same two things; both are kept.
+Why ``grid`` is the default (issue 14). An independent VP transcription of the sign step
+disagreed with the former default (``scheduler``) on a v-prediction checkpoint. Re-measured on
+the world UNet (eps-prediction), 8 held-out scenes, DDIM leading, gap to the VAE ceiling
+(``results/bench_gnri/official_world_sd_ddim.txt``): 10 steps ``grid`` 1.86 dB = the
+transcription 1.86 (identical latents), ``scheduler`` 8.60, ``latent`` 4.07; 4 steps 3.08 =
+3.08, ``scheduler`` 2.99, ``latent`` 3.12. The transcription's ingredients switched one at a
+time name the cause: at 10 steps the VE start ``(a_t / a_{t-1}) z_{t-1}`` alone costs 7.4 dB
+(9.22), the prior centre ``z0`` 2.2 dB (4.07), the prior's ``a_t`` factor 1.8 dB (3.68); at 4
+steps all are within 0.1 dB. For a v-prediction network the VE start is worse still: its first
+probe also converts ``v`` with the noisier level's scales at a point that sits at the cleaner one,
+while DDIM inversion (and ``grid``) use the cleaner level's (tests/test_gnri_official_translation.py
+uses a v-prediction toy). On Euler grids ``grid`` and ``scheduler`` differ by the same start and
+factor; ``scheduler`` is the one that reproduces the SDXL-Turbo code's iterates there.
 
 Differences from the public code, named: ``D`` is the latent's real per-sample numel (the
 code hard-codes 64*64*4; pass ``numel=16384`` to reproduce it, e.g. its 4x too large step on
