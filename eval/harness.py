@@ -67,7 +67,14 @@ from eval.records import (
     write_provenance,
 )
 from eval.settings import RunSettings, settings_from_kwargs
-from eval.timing import NetworkTimes, PeakMemory, bare_network_times, time_call
+from eval.timing import (
+    NetworkTimes,
+    PeakMemory,
+    bare_network_times,
+    generation_peak_mb,
+    memory_beyond_generation,
+    time_call,
+)
 from eval.units import Unit, plan_units
 from eval.validate import task_refusal
 from gnri.core import (
@@ -77,6 +84,7 @@ from gnri.core import (
     InversionResult,
     Tensor,
     reconstruct,
+    sample,
     step_residuals,
 )
 from gnri.images import fit_to_size, load_image
@@ -159,6 +167,7 @@ class _Run:
     unavailable: dict[str, str] = field(default_factory=dict)
     network: NetworkTimes | None = None  # the first measured; per batch size in ``networks``
     networks: dict[int, NetworkTimes] = field(default_factory=dict)
+    generations: dict[int, float] = field(default_factory=dict)  # plain generation's peak MiB per batch size
 
     @property
     def metric_names(self) -> list[str]:
@@ -508,6 +517,11 @@ def _measure(run: _Run, entries: Sequence[Entry], images: Sequence[_Image]) -> l
         run.networks[batch.size] = (_network_times(run, batch, device) if run.settings.time_network
                                     else NetworkTimes(None, None, "time_network=false"))
         run.network = run.network or run.networks[batch.size]
+    if batch.size not in run.generations:  # its own pass, after the warm-up, never inside a timed call
+        run.generations[batch.size] = generation_peak_mb(
+            lambda: sample(run.denoiser, batch.latent, batch.grid, batch.cond), device)
+    clock = getattr(run.adapter, "compile_clock", None)
+    compiles = clock.compiles if clock is not None else 0
 
     def invert_once() -> InversionResult:
         counting.counter.reset()
@@ -517,6 +531,8 @@ def _measure(run: _Run, entries: Sequence[Entry], images: Sequence[_Image]) -> l
         inverted = time_call(invert_once, device, run.settings.repeats)
     result: InversionResult = inverted.value  # type: ignore[assignment]
     nfe_forward, nfe_backward = counting.counter.forward, counting.counter.backward
+    if clock is not None and clock.compiles != compiles:
+        log.warning("a recompile ran inside the timed inversion of %s: raise warmup", entries[0].image_id)
     if not bool(torch.isfinite(result.z).any()):
         _check_finite(result.z, "inversion")  # nothing to reconstruct from
 
@@ -537,6 +553,8 @@ def _measure(run: _Run, entries: Sequence[Entry], images: Sequence[_Image]) -> l
         "time_invert_s": inverted.median_s / batch.size,
         "time_reconstruct_s": rebuilt.median_s / batch.size,
         "peak_memory_mb": memory.mb,
+        "peak_memory_extra_mb": memory_beyond_generation(memory.mb, run.generations[batch.size]),
+        "compile_s": clock.seconds if clock is not None else 0.0,  # nothing compiled without model.compile
         **_overhead(run.networks[batch.size], inverted.median_s, nfe_forward, nfe_backward),
     }
     pixels = batch.pixels.to(decoded.device)

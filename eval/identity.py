@@ -14,6 +14,12 @@ model config (a plain dict, Hydra's ``_target_`` included) and returns:
   or the factory's name with ``(code)``.
 
 Hashing reads no weight bytes, so a 20 GB checkpoint is fingerprinted in milliseconds.
+
+Model options that are not the checkpoint but change what it computes (a replacement ``vae``, a
+weight ``variant``) or its clock (the runtime fast paths: ``compile``, ``channels_last``,
+``offload``, VAE slicing and tiling) join a hub or local identity, and its label as ``+key=value``,
+whenever they differ from their defaults (:data:`OPTION_DEFAULTS`): a run with the fp16-fix VAE or
+with ``compile=true`` never shares cached latents, resume keys or a table row with one without.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ CONFIG_SUFFIXES = (".json", ".txt", ".yaml", ".yml", ".model")
 # Config keys that do not change which weights are loaded (device and dtype enter keys separately).
 NOT_IDENTITY = ("device", "dtype", "name", "attention")
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# Model-config options beside the checkpoint, with the default that leaves a run as the checkpoint alone.
+OPTION_DEFAULTS: dict[str, Any] = {
+    "vae": None, "variant": None, "compile": False, "compile_mode": "default", "compile_backend": "inductor",
+    "channels_last": False, "offload": "none", "vae_slicing": False, "vae_tiling": False,
+}
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,18 @@ def _factory(target: str | None) -> Any:
 
 def checkpoint_identity(model_cfg: Mapping[str, Any]) -> Checkpoint:
     """The identity and label of what ``model_cfg`` loads (see the module docstring)."""
+    base = _checkpoint(model_cfg)
+    if "code" in base.identity:  # the whole config is the identity already
+        return base
+    options = {k: model_cfg[k] for k, default in OPTION_DEFAULTS.items()
+               if k in model_cfg and model_cfg[k] != default}
+    if not options:
+        return base
+    label = base.label + "".join(f"+{k}={v}" for k, v in sorted(options.items()))
+    return Checkpoint(label, {**base.identity, "options": options})
+
+
+def _checkpoint(model_cfg: Mapping[str, Any]) -> Checkpoint:
     cfg = {k: v for k, v in model_cfg.items() if k not in NOT_IDENTITY}
     name = model_cfg.get("name")
     for key in PATH_KEYS:

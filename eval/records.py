@@ -52,6 +52,10 @@ input image on [0, 1]:
   per image: a batch's time divided by its number of images;
 - ``peak_memory_mb``: peak memory during one inversion (CUDA allocator peak; CPU: process RSS),
   of the whole batch;
+- ``peak_memory_extra_mb``: ``peak_memory_mb`` minus plain generation's peak (the shared sampler
+  from the same latent, measured the same way in its own pass): the method's own extra memory;
+- ``compile_s``: seconds torch.compile spent compiling the network so far in the run (warm-up
+  included; 0 without ``model.compile``), never part of a timed call;
 - ``time_network_call_s`` / ``time_network_backward_s``: the bare network (the diffusers module
   on inputs prepared once) per forward pass / per backward pass, timed in the same run the same
   way (:func:`eval.timing.bare_network_times`, once per run and batch shape: one call on the
@@ -105,6 +109,8 @@ HARNESS_METRICS = {
     "time_invert_s": False,
     "time_reconstruct_s": False,
     "peak_memory_mb": False,
+    "peak_memory_extra_mb": False,
+    "compile_s": False,
     "time_network_call_s": False,
     "time_network_backward_s": False,
     "overhead_ratio": False,
@@ -112,6 +118,9 @@ HARNESS_METRICS = {
     "latent_var": False,
     "latent_ks_stat": False,
 }
+# The harness metrics that are clocks or memory: they differ between two runs of the same unit.
+TIMING_METRICS = ("time_invert_s", "time_reconstruct_s", "peak_memory_mb", "peak_memory_extra_mb", "compile_s",
+                  "time_network_call_s", "time_network_backward_s", "overhead_ratio")
 # The rows of eval.metrics.gaussianity the harness records for the inverted latent.
 GAUSSIANITY_ROWS = ("latent_mean", "latent_var", "latent_ks_stat")
 RESULTS_FILE = "results.csv"

@@ -31,10 +31,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval.records import RESULTS_FILE, read_records  # noqa: E402
+from eval.records import TIMING_METRICS, RESULTS_FILE, read_records  # noqa: E402
 
-TIMING = ("time_invert_s", "time_reconstruct_s", "peak_memory_mb", "time_network_call_s", "time_network_backward_s",
-          "overhead_ratio")
+TIMING = TIMING_METRICS
 KEEP = ["unit_key", "model", "checkpoint", "schedule", "inverter", "image", "metric", "value", "status", "reason"]
 TINY = ["model=tiny_sd", "inverter=ddim,fixed_point3", "dataset=sample", "progress=false"]
 

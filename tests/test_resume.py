@@ -19,7 +19,7 @@ from eval.data import Entry, sample_dataset
 from eval.harness import evaluate
 from eval.identity import Checkpoint
 from eval.metrics import build_metrics
-from eval.records import HARNESS_METRICS, RESULTS_FILE, read_records
+from eval.records import TIMING_METRICS, HARNESS_METRICS, RESULTS_FILE, read_records
 from eval.settings import RunSettings
 from eval.store import PREVIOUS_FILE, STALE_FILE, ResultsStore
 from eval.units import plan_units
@@ -27,8 +27,7 @@ from gnri.models.base import ScheduleSpec
 from test_harness import ScriptedInverter, ToyAdapter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = ("time_invert_s", "time_reconstruct_s", "peak_memory_mb", "time_network_call_s", "time_network_backward_s",
-          "overhead_ratio")
+TIMING = TIMING_METRICS
 NON_TIMING_COLUMNS = ["unit_key", "model", "checkpoint", "schedule", "inverter", "image", "caption", "metric",
                       "value", "status", "reason"]
 
