@@ -154,6 +154,8 @@ def two_x_methods() -> dict[str, Callable[..., Any]]:
         "gnri_aa[warm,iters=2]": partial(anderson.invert, start="previous", max_iters=2),
         "gnri_2x": gnri_2x.invert,
         "gnri_2x[start=x]": partial(gnri_2x.invert, start="x"),
+        "gnri_2x[start=extrapolate]": partial(gnri_2x.invert, start="extrapolate"),
+        "gnri_2x[extrapolate,sigma]": partial(gnri_2x.invert, start="extrapolate", first="sigma"),
         "gnri_2x[first=fixed_point]": partial(gnri_2x.invert, first="fixed_point"),
         "gnri_2x[first=sigma]": partial(gnri_2x.invert, first="sigma"),
         "gnri_2x[second=chebyshev]": partial(gnri_2x.invert, second="chebyshev"),

@@ -48,8 +48,8 @@ VP = Grid((_vp(0.9991, 1.0), _vp(0.82, 250.0), _vp(0.46, 500.0), _vp(0.12, 750.0
 FLOW = Grid(tuple(Level(sig, 1 - sig, sig) for sig in (0.0, 0.35, 0.62, 0.9)), family="flow")
 
 
-def by_hand(x0: Tensor, grid: Grid, family: str, first: str = "chebyshev") -> list[Tensor]:
-    lv, x, out, warm = grid.levels, x0, [x0], None
+def by_hand(x0: Tensor, grid: Grid, family: str, first: str = "chebyshev", start: str = "previous") -> list[Tensor]:
+    lv, x, out, warm, preds = grid.levels, x0, [x0], None, []
     for i in range(len(lv) - 1):
         p, q = lv[i], lv[i + 1]
 
@@ -62,10 +62,16 @@ def by_hand(x0: Tensor, grid: Grid, family: str, first: str = "chebyshev") -> li
         m = (p.s / p.a) / (q.s / q.a) if family == "vp" else p.s / q.s  # sigma_{t-1} / sigma_t
         # the larger Chebyshev node of [m, 1] at degree 2: (1+m)/2 + (1-m)/2 * cos(pi/4)
         omega = {"chebyshev": 1 / ((1 + m) / 2 + (1 - m) / 2 / math.sqrt(2)), "fixed_point": 1.0}[first]
+        if start == "extrapolate" and len(preds) == 2:
+            sig = [(lv[j].s if family == "flow" else lv[j].s / lv[j].a) for j in (i - 1, i, i + 1)]
+            rho = min((sig[2] - sig[1]) / (sig[1] - sig[0]), 1.0)
+            (a2, e2), (a1, e1) = preds
+            warm = (a1 + rho * (a1 - a2), e1 + rho * (e1 - e2))
         z0 = x if warm is None else f(warm)
         f0 = f(toy(z0, q, family))
         z1 = z0 + omega * (f0 - z0)
         warm = toy(z1, q, family)
+        preds = (preds + [warm])[-2:]
         f1 = f(warm)
         r0, r1 = f0 - z0, f1 - z1
         d = r1 - r0
@@ -76,13 +82,14 @@ def by_hand(x0: Tensor, grid: Grid, family: str, first: str = "chebyshev") -> li
 
 
 @pytest.mark.parametrize("family", ["vp", "flow"])
-@pytest.mark.parametrize("first", ["chebyshev", "fixed_point"])
-def test_update_equals_the_transcription_on_consecutive_steps(family: str, first: str) -> None:
+@pytest.mark.parametrize("first,start", [("chebyshev", "previous"), ("fixed_point", "previous"),
+                                         ("chebyshev", "extrapolate")])
+def test_update_equals_the_transcription_on_consecutive_steps(family: str, first: str, start: str) -> None:
     grid = VP if family == "vp" else FLOW
     x0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
-    want = by_hand(x0, grid, family, first)
+    want = by_hand(x0, grid, family, first, start)
     den = CountingDenoiser(Toy(family))
-    res = gnri_2x.invert(den, x0, grid, COND, first=first, regularization=0.0)
+    res = gnri_2x.invert(den, x0, grid, COND, first=first, start=start, regularization=0.0)
     assert (den.counter.forward, den.counter.backward) == (2 * grid.num_steps, 0)
     for got, exp in zip(res.trajectory, want):
         torch.testing.assert_close(got, exp, rtol=0, atol=1e-10)

@@ -44,11 +44,22 @@ from dataclasses import replace
 
 import torch
 
-from gnri.core import Conditioning, Denoiser, Grid, InversionResult, Prediction, StepInfo, StepProblem, Tensor, invert_with
+from gnri.core import (
+    Conditioning,
+    Denoiser,
+    Grid,
+    InversionResult,
+    Level,
+    Prediction,
+    StepInfo,
+    StepProblem,
+    Tensor,
+    invert_with,
+)
 from gnri.core.anderson import combine, mixing_coefficients
 from gnri.core.step import per_sample_rms
 
-STARTS = ("previous", "x")
+STARTS = ("previous", "extrapolate", "x")
 FIRSTS = ("chebyshev", "sigma", "fixed_point")
 SECONDS = ("anderson", "chebyshev")
 
@@ -59,6 +70,24 @@ def spectrum_floor(problem: StepProblem) -> float:
     if problem.family == "flow":
         return xl.s / zl.s
     return (zl.a * xl.s / xl.a) / zl.s
+
+
+def noise_scale(level: Level, family: str) -> float:
+    """The level's noise-to-signal coordinate: VE ``sigma = s / a`` (VP) or ``s`` (flow)."""
+    return level.s if family == "flow" else level.s / level.a
+
+
+def warm_prediction(problem: StepProblem, history: list[tuple[float, Prediction]], start: str) -> Prediction | None:
+    """The free prediction ``z^0`` is built from: None (use ``x``), the previous step's last
+    prediction, or (``extrapolate``) the line through the last two, evaluated at this level's
+    sigma with the ratio ``rho = (sigma_t - sigma_{t-1}) / (sigma_{t-1} - sigma_{t-2})`` clipped at 1."""
+    if start == "x" or not history:
+        return None
+    if start == "previous" or len(history) < 2:
+        return history[-1][1]
+    (s2, q2), (s1, q1) = history[-2], history[-1]
+    rho = min((noise_scale(problem.z_level, problem.family) - s1) / (s1 - s2), 1.0)
+    return Prediction(q1.x0 + rho * (q1.x0 - q2.x0), q1.eps + rho * (q1.eps - q2.eps))
 
 
 def chebyshev_relaxations(m: float) -> tuple[float, float]:
@@ -122,13 +151,14 @@ def invert(
         raise ValueError(f"inverter gnri_2x: omega_max must be >= 1, got {omega_max}")
     if regularization < 0:
         raise ValueError(f"inverter gnri_2x: regularization must be >= 0, got {regularization}")
-    last: list[Prediction | None] = [None]
+    history: list[tuple[float, Prediction]] = []  # (sigma, last prediction) of the steps so far
 
     def solve(problem: StepProblem) -> tuple[Tensor, StepInfo]:
-        z, info, last[0] = solve_step(
+        z, info, pred = solve_step(
             problem, first=first, second=second, omega_max=omega_max, regularization=regularization,
-            warm=last[0] if start == "previous" else None,
+            warm=warm_prediction(problem, history, start),
         )
+        history[:] = (history + [(noise_scale(problem.z_level, problem.family), pred)])[-2:]
         return z, info
 
     result = invert_with(solve, denoiser, x0, grid, cond)
