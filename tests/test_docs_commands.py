@@ -6,9 +6,14 @@ What "checked" means, per kind of command (running each one fully would take the
 minutes):
 
 - ``python run.py ARGS`` (also the ``run.py ARGS`` part of ``accelerate launch ... run.py`` and
-  ``torchrun ... run.py``): run.py's own group-name check (:func:`run.check_group_choices`), then,
-  for every job of the sweep (command-line sweeps and an experiment's ``hydra.sweeper.params``,
-  expanded as Hydra's basic sweeper does), Hydra's composition with those overrides, run.py's
+  ``torchrun ... run.py``): what run.py does before Hydra (a paper preset's ``smoke=true``
+  arguments, :func:`run.check_group_choices`), then,
+  for the jobs of the sweep (command-line sweeps and an experiment's ``hydra.sweeper.params``):
+  the full product of the keys validation checks against each other (:data:`CROSSED`: model,
+  schedule, dataset, task, guidance, ...), with every value of every other swept key (inverter
+  options) in at least one job. An inverter sweep where nothing sets inverter options composes
+  its first name only: every name is checked by run.py's group check above and every shipped
+  inverter config by ``tests/test_validate.py``. For each job: Hydra's composition, run.py's
   pre-load validation (:func:`run.validated_dataset`: inverter options, schedule against the
   model family, guidance against the model, the dataset's path and entries, the task against
   the dataset) and :func:`run.build_settings`. No model is loaded; a hub checkpoint (``sd15``,
@@ -209,6 +214,20 @@ def _stand_ins(monkeypatch: pytest.MonkeyPatch, dataset: bool, model: bool) -> I
         yield
 
 
+# Swept keys whose values validation checks against each other (model x schedule, dataset x task,
+# guidance x model): their full product is composed; every other swept key (inverter options,
+# seeds, ...) is spread over it, each value in at least one job.
+CROSSED = ("model", "schedule", "dataset", "task", "experiment", "guidance_scale", "true_cfg_scale", "device", "dtype")
+
+
+def _key(override: Any) -> str:
+    return str(override.input_line).split("=", 1)[0]
+
+
+def _crossed(key: str) -> bool:
+    return re.split(r"[./@]", key.lstrip("+~"), maxsplit=1)[0] in CROSSED
+
+
 def _dataset_like(node: Any) -> bool:
     target = str(node.get("_target_", ""))
     return target.startswith("eval.") and "data" in target
@@ -220,9 +239,13 @@ class RunChecker:
     def __init__(self, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
+        from hydra.core.hydra_config import HydraConfig
+
         self.tmp, self.monkeypatch = tmp, monkeypatch
+        monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored after the test
         self.parser = OverridesParser.create()
         self.done: dict[tuple[str, ...], str | None] = {}
+        self.closers: list[Any] = []
         self.datasets: dict[str, Any] = {}
 
     def jobs(self, overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -239,18 +262,44 @@ class RunChecker:
         if extra and not multirun:
             return [first]
         parsed += self.parser.parse_overrides(extra)
-        return [list(job) for job in BasicSweeper.split_arguments(parsed, None)[0]]
+        crossed = [o for o in parsed if not o.is_sweep_override() or _crossed(_key(o))]
+        spread = [(_key(o), list(o.sweep_string_iterator())) for o in parsed if o not in crossed]
+        if not any(k.lstrip("+~").startswith("inverter.") for k, _ in spread) and not any(
+                _key(o).lstrip("+~").startswith("inverter.") for o in crossed) and not self._sets_inverter(first):
+            spread = [(k, v[:1]) if k == "inverter" else (k, v) for k, v in spread]
+        jobs = [list(job) for job in BasicSweeper.split_arguments(crossed, None)[0]]
+        width = max([len(jobs)] + [len(v) for _, v in spread])
+        return [jobs[n % len(jobs)] + [f"{k}={v[n % len(v)]}" for k, v in spread] for n in range(width)]
+
+    def _sets_inverter(self, job: list[str]) -> bool:
+        """Whether the job's experiment sets inverter options in its body."""
+        names = [o.split("=", 1)[1] for o in job if o.split("=", 1)[0].lstrip("+") == "experiment"]
+        return any("inverter" in (OmegaConf.load(CONF / "experiment" / f"{n}.yaml") or {}) for n in names
+                   if (CONF / "experiment" / f"{n}.yaml").is_file())
 
     def _compose(self, overrides: list[str]) -> Any:
         from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
 
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+        if not self.closers:  # one Hydra for every job: it caches the config files it has read
+            GlobalHydra.instance().clear()
+            context = initialize_config_dir(config_dir=str(CONF), version_base="1.3")
+            context.__enter__()
+            self.closers.append(lambda: context.__exit__(None, None, None))
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
+    def close(self) -> None:
+        """Leave Hydra's global state as it was."""
+        while self.closers:
+            self.closers.pop()()
 
     def check(self, args: list[str]) -> str | None:
         """None if every job of ``run.py ARGS`` composes and validates, else the first problem (one line)."""
+        from eval.presets import smoke_arguments
+
         run = run_module()
-        error = run.check_group_choices(args)
+        args, error = smoke_arguments(args, CONF)  # what run.py does first (paper presets' smoke=true)
+        error = error or run.check_group_choices(args)
         if error:
             return error
         multirun, overrides = _split_flags(args)
@@ -321,6 +370,13 @@ class RunChecker:
             yield
 
 
+@pytest.fixture
+def checker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunChecker]:
+    run_checker = RunChecker(tmp_path, monkeypatch)
+    yield run_checker
+    run_checker.close()
+
+
 def check_command(command: Command, checker: RunChecker) -> str | None:
     """None if ``command`` is sound (see the module docstring), else what is wrong."""
     words = shlex.split(command.text, comments=True)
@@ -360,8 +416,7 @@ def test_the_extraction_finds_the_documented_commands() -> None:
     assert len(texts) >= 40
 
 
-def test_every_documented_command_composes_and_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    checker = RunChecker(tmp_path, monkeypatch)
+def test_every_documented_command_composes_and_validates(checker: RunChecker) -> None:
     problems = []
     for command in all_commands():
         problem = check_command(command, checker)
@@ -374,9 +429,8 @@ def test_every_documented_command_composes_and_validates(tmp_path: Path, monkeyp
     assert not problems, "documented commands that do not run:\n" + "\n".join(problems)
 
 
-def test_the_checker_catches_what_it_is_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_checker_catches_what_it_is_for(checker: RunChecker) -> None:
     """A checker that passes everything proves nothing: each kind of mistake is caught."""
-    checker = RunChecker(tmp_path, monkeypatch)
 
     def problem(text: str) -> str | None:
         return check_command(Command("here", text), checker)
@@ -391,8 +445,15 @@ def test_the_checker_catches_what_it_is_for(tmp_path: Path, monkeypatch: pytest.
     # config-only: external data is stood in for, the rest is still checked
     assert problem("python run.py dataset=folder dataset.path=/data/my_images") is None
     assert "inverter.lam=-1" in problem("python run.py dataset=folder dataset.path=/data/x inverter=gnri inverter.lam=-1")
-    # an experiment's own sweep is expanded: every job is checked
-    assert len(checker.jobs(["experiment=tiny_sweep"], multirun=True)) == 4
+    # an experiment's own sweep is expanded: the crossed keys in full, every other value at least once
+    assert sorted(j[-2] for j in checker.jobs(["experiment=tiny_sweep"], multirun=True)) == [
+        "schedule=ddim10", "schedule=ddim50"]
+    rules = checker.jobs(["experiment=gnri_ablation_rules"], multirun=True)
+    assert len(rules) == 2 and {o for j in rules for o in j if o.startswith("inverter.output=")} == {
+        "inverter.output=f", "inverter.output=z"}
+    both = checker.jobs(["inverter=fixed_point,gnri", "inverter.max_iters=2"], multirun=True)
+    assert {o for j in both for o in j if o.startswith("inverter=")} == {"inverter=fixed_point", "inverter=gnri"}
+    assert "inverter.max_iters" in problem("python run.py -m inverter=fixed_point,ddim inverter.max_iters=2")
 
 
 def _python_blocks() -> list[tuple[int, str]]:

@@ -193,9 +193,12 @@ def test_run_py_refuses_guidance_on_a_flux_without_embedding_before_loading(tmp_
     assert not (tmp_path / "run" / "results.csv").exists()
 
 
-def test_run_py_checks_a_model_built_in_code_when_it_is_built(capsys) -> None:
+def test_run_py_checks_a_model_built_in_code_when_it_is_built(capsys, monkeypatch) -> None:
     """What the config cannot tell (a FLUX transformer built in code) is one line, exit 2, when
     run.py builds the model (its adapter factory, in process)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # no @hydra.main here: the model's own name
     spec = importlib.util.spec_from_file_location("gnri_bench_run", ROOT / "run.py")
     run = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(run)  # type: ignore[union-attr]
