@@ -167,15 +167,6 @@ def check_schedule(model_name: str, model_cfg: Mapping[str, Any], schedule_name:
                           f"({family} family); its kinds: {', '.join(allowed)} (e.g. schedule={names})")
 
 
-# What to download for a dataset the user brings, and where to point the config (one line each).
-DOWNLOAD_HINTS = {
-    "coco": "get COCO 2017 val (annotations_trainval2017.zip and val2017.zip from https://cocodataset.org/#download) "
-            "and set dataset.path=<coco>/annotations/captions_val2017.json dataset.images=<coco>/val2017",
-    "piebench": "get PIE-Bench (the form linked from https://github.com/cure-lab/PnPInversion) and set "
-                "dataset.path=<PIE-Bench>/data (the folder with mapping_file.json and annotation_images/)",
-}
-
-
 def transformer_guidance_embeds(model_cfg: Mapping[str, Any]) -> bool | None:
     """Whether a FLUX model config's transformer has a guidance embedding, read without loading
     it: ``transformer/config.json`` of the local folder it names (``pretrained``/``folder``/
