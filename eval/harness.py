@@ -575,14 +575,23 @@ def _measure(run: _Run, entries: Sequence[Entry], images: Sequence[_Image]) -> l
             "psnr_vae_ceiling": img.ceiling_psnr,
             "psnr_gap_to_vae": img.ceiling_psnr - scores[j].item(),
             "latent_rmse": rmse[j].item(),
-            "residual_rms_mean": residuals[:, j].mean().item(),
-            "residual_rms_max": residuals[:, j].max().item(),
+            **_residual_values(result, residuals[:, j]),
             **shared,
             **{name: normality[name][j].item() for name in GAUSSIANITY_ROWS},
         }
         values.update(_image_metrics(run, decoded[j:j + 1], pixels[j:j + 1], entry.caption, img.key))
         outcomes.append(("ok", "", values))
     return outcomes
+
+
+def _residual_values(result: InversionResult, residuals: Tensor) -> dict[str, Any]:
+    """Mean and max per-step residual of the shared step; ``unavailable`` for a method that
+    regenerates with its own sampler (EDICT, edit-friendly, RF-Solver, ...): the shared step's
+    residual says nothing about its inversion."""
+    if result.sampler is not None:
+        why = Unavailable("the method regenerates with its own sampler: the shared step's residual does not apply")
+        return {"residual_rms_mean": why, "residual_rms_max": why}
+    return {"residual_rms_mean": residuals.mean().item(), "residual_rms_max": residuals.max().item()}
 
 
 def _network_times(run: _Run, img: _Batch, device: torch.device) -> NetworkTimes:

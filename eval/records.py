@@ -44,6 +44,8 @@ input image on [0, 1]:
 - ``latent_rmse``: RMS of reconstructed latent minus encoded latent (latent units);
 - ``residual_rms_mean`` / ``residual_rms_max``: mean / max over steps of the per-step RMS of
   ``r(z_{i+1}) = sample_step(pred(z_{i+1})) - z_i`` along the inversion (gnri.core.step_residuals);
+  ``unavailable`` for a method that regenerates with its own sampler (EDICT, edit-friendly DDPM,
+  RF-Solver, FireFlow, ...), whose inversion the shared step's residual does not describe;
 - ``nfe_forward`` / ``nfe_backward``: network forward / backward (VJP) passes of one inversion
   (CFG counts 2); ``nfe_forward_reconstruct``: forward passes of one reconstruction. In a batch
   every image is in every call, so these are the batch's calls (a per-image stopping rule that

@@ -326,3 +326,12 @@ def test_a_truncated_caption_is_an_ok_row_with_the_warning(tiny_sd_adapter) -> N
     psnr_row = first[first["metric"] == "psnr"].iloc[0]
     assert psnr_row["status"] == "ok" and psnr_row["reason"].startswith("caption truncated: text_encoder keeps")
     assert (second[second["status"] == "ok"]["reason"] == "").all()
+
+
+def test_a_method_with_its_own_sampler_has_no_shared_step_residual() -> None:
+    from baselines import edict
+
+    df = _toy_run(edict.invert)
+    residual = df[df["metric"].isin(["residual_rms_mean", "residual_rms_max"])]
+    assert (residual["status"] == "unavailable").all() and residual["reason"].str.contains("own sampler").all()
+    assert (_toy_run(ddim.invert).query("metric == 'residual_rms_mean'")["status"] == "ok").all()
