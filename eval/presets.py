@@ -2,10 +2,11 @@
 
 A paper preset (``conf/experiment/paper_*.yaml``) names its stand-ins under ``smoke_overrides``
 (command-line overrides: the tiny model of its family, a bundled dataset, ``max_images=2``,
-``device=cpu``). ``python run.py -m experiment=paper_<name> smoke=true`` adds them to the command
+``device=cpu``, no bare-network clock except in the timing preset, and 10 steps instead of a
+DDIM-50 grid). ``python run.py -m experiment=paper_<name> smoke=true`` adds them to the command
 line before Hydra composes the config, so every name in the rows, the errors and the config is
-the stand-in's, and everything else (schedule, inverters and their hyperparameters, task, metrics)
-is the preset's own: a preset that could not start on a GPU machine fails here first. An override
+the stand-in's, and everything else (schedule kind, inverters and their hyperparameters, task,
+metrics) is the preset's own: a preset that could not start on a GPU machine fails here first. An override
 the user gives on the command line wins over the preset's stand-in.
 """
 
