@@ -491,3 +491,11 @@ def test_readme_python_blocks_compile_and_the_self_contained_ones_run(tmp_path: 
             assert result.z.shape == x0.shape and len(result.trajectory) == grid.num_steps + 1
         elif _self_contained(code):
             exec(compiled, {"__name__": "readme_snippet"})
+
+
+def test_readme_lists_every_model_config() -> None:
+    """Every ``conf/model`` config is named in the README (as `name`), so a user can find it."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [p.stem for p in sorted((CONF / "model").glob("*.yaml")) if f"`{p.stem}`" not in text
+               and f"model={p.stem}" not in text]
+    assert not missing, f"README.md does not list model configs: {missing}"
