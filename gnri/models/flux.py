@@ -28,6 +28,7 @@ from diffusers import FluxPipeline
 from gnri.core import Conditioning, Grid, Level, Prediction, Tensor
 from gnri.models.base import ScheduleSpec, guidance_error
 from gnri.models.common import (
+    parameter_dtype,
     repeat_branches,
     bare_call,
     batched,
@@ -82,7 +83,7 @@ class FluxDenoiser:
     def network_inputs(self, z: Tensor, level: Level, cond: Conditioning) -> dict[str, Any]:
         """The transformer's keyword arguments for one call (CFG branches stacked into one batch)."""
         parts = branches(cond)
-        batch, dtype = z.shape[0], self.transformer.dtype
+        batch, dtype = z.shape[0], parameter_dtype(self.transformer)
         n = batch * len(parts)
         rows, cols = token_grid(z.shape[1], self.native_grid)
         guidance = None

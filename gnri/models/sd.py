@@ -19,6 +19,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline
 from gnri.core import Conditioning, Grid, Level, Prediction, Tensor
 from gnri.models.base import ScheduleSpec, guidance_error
 from gnri.models.common import (
+    parameter_dtype,
     repeat_branches,
     PREDICTION_TYPES,
     bare_call,
@@ -76,7 +77,7 @@ class UNetDenoiser:
     def network_inputs(self, z: Tensor, level: Level, cond: Conditioning) -> dict[str, Any]:
         """The UNet's keyword arguments for one call (CFG branches stacked into one batch)."""
         parts = branches(cond)
-        batch, dtype = z.shape[0], self.unet.dtype
+        batch, dtype = z.shape[0], parameter_dtype(self.unet)
         added = None
         if ADDED_COND_KEYS[0] in parts[0]:
             added = {k: stack_branches(parts, k, batch, dtype) for k in ADDED_COND_KEYS}
