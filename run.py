@@ -277,9 +277,6 @@ def validated_dataset(cfg: DictConfig) -> Any:
         if edit_scale is not None:
             validate.check_guidance(names["model"], model_cfg, edit_scale, true_cfg,  # type: ignore[arg-type]
                                     option="task.edit_guidance_scale")
-        if true_cfg != 1:  # until eval/harness.py, edit_harness.py, exact_track.py pass settings.guidance_options()
-            raise validate.ConfigError(f"true_cfg_scale={true_cfg:g}: the benchmark loops do not pass it to the model "
-                                       "yet, so it would be ignored; the library takes it: gnri.invert(..., true_cfg_scale=)")
         validate.check_dataset_config(names["dataset"], cfg.dataset)
         try:
             dataset = instantiate(cfg.dataset)

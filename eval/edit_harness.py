@@ -158,7 +158,7 @@ class _Task:
             run_id=s.run_id or new_run_id(), model=s.model or self.adapter.name, schedule=s.schedule_name or s.schedule.kind,
             inverter=self.label, adapter=self.adapter.name, num_steps=steps, guidance_scale=s.guidance_scale, seed=s.seed,
             provenance=provenance(device, dtype, self.params, asdict(s.schedule), s.config),
-            checkpoint=s.checkpoint.label if s.checkpoint is not None else "",
+            checkpoint=s.checkpoint.label if s.checkpoint is not None else "", true_cfg_scale=s.true_cfg_scale,
         )
         if s.out_dir is not None and self.shard.is_main:
             Path(s.out_dir).mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ class _Task:
             run_id=s.run_id or new_run_id(), model=s.model or "unknown", schedule=s.schedule_name or s.schedule.kind,
             inverter=self.label, adapter="unknown", num_steps=0, guidance_scale=s.guidance_scale, seed=s.seed,
             provenance=provenance("unknown", "unknown", self.params, asdict(s.schedule), s.config),
-            checkpoint=s.checkpoint.label if s.checkpoint is not None else "",
+            checkpoint=s.checkpoint.label if s.checkpoint is not None else "", true_cfg_scale=s.true_cfg_scale,
         )
 
     def make_rows(self, unit: Unit, values: Mapping[str, Value], status: str = "ok", reason: str = "") -> list[dict[str, Any]]:
@@ -324,7 +324,7 @@ class EditSettings:
 
 
 def _edit(adapter: Any, settings: EditSettings, counting: Any, result: InversionResult, grid: Any,
-          entry: EditEntry, scale: float) -> Tensor:
+          entry: EditEntry, scale: float, true_cfg_scale: float = 1.0) -> Tensor:
     if settings.editor == "p2p":
         try:
             _, target = p2p_edit(
@@ -337,13 +337,13 @@ def _edit(adapter: Any, settings: EditSettings, counting: Any, result: Inversion
     if settings.editor == "v_inject":  # RF-Edit / FireFlow: source values in Flux's single blocks
         from gnri.edit.v_injection import injected_edit
 
-        source, target_cond = (edit_conditioning(adapter, [c or ""], scale, settings.negative_prompt)
+        source, target_cond = (edit_conditioning(adapter, [c or ""], scale, settings.negative_prompt, true_cfg_scale)
                                for c in (entry.caption, entry.target_caption))
         try:
             return injected_edit(adapter, result, grid, source, target_cond, denoiser=counting, **settings.v_inject)
         except ValueError as err:
             raise Skip(f"does not apply: {_one_line(err)}") from None
-    cond = edit_conditioning(adapter, [entry.target_caption or ""], scale, settings.negative_prompt)
+    cond = edit_conditioning(adapter, [entry.target_caption or ""], scale, settings.negative_prompt, true_cfg_scale)
     return prompt_swap(counting, result, grid, cond)
 
 
@@ -409,7 +409,7 @@ class _EditRun:
         if not self.warmed:
             for _ in range(self.warmup):
                 with torch.no_grad():
-                    _edit(adapter, self.settings, counting, invert(), grid, entry, scale)
+                    _edit(adapter, self.settings, counting, invert(), grid, entry, scale, self.task.settings.true_cfg_scale)
             self.warmed = True
         counting.counter.reset()
         inverted = time_call(invert, latent.device)
@@ -419,7 +419,8 @@ class _EditRun:
             recon = check_finite(adapter.decode_latents(reconstruct(adapter.denoiser(), result, grid, cond)),
                                  "reconstructed image")
             counting.counter.reset()
-            edited = time_call(lambda: _edit(adapter, self.settings, counting, result, grid, entry, scale),
+            edited = time_call(lambda: _edit(adapter, self.settings, counting, result, grid, entry, scale,
+                                                  self.task.settings.true_cfg_scale),
                                latent.device)
             if not bool(torch.isfinite(edited.value).all()):  # type: ignore[arg-type]
                 raise RuntimeError("diverged: non-finite latent after editing")
@@ -517,7 +518,7 @@ def _measure_interp(task: _Task, inverter: Inverter, a: Entry, b: Entry, lpips: 
     with torch.no_grad():
         latents = adapter.encode_images(images)
         grid = adapter.grid(schedule, tuple(latents[:1].shape))
-        conds = [adapter.encode_prompts([e.caption or ""], guidance_scale) for e in (a, b)]
+        conds = [adapter.encode_prompts([e.caption or ""], **task.settings.guidance_options()) for e in (a, b)]
     denoiser = adapter.denoiser()
     results = [_invert(inverter, denoiser, latents[i:i + 1], grid, conds[i]) for i in range(2)]
     with torch.no_grad():
@@ -594,7 +595,7 @@ def evaluate_exact(
         s = task.settings
         try:
             out = run_exact_track(task.adapter, inverter, s.schedule, [entry.caption], s.seed + unit.index,
-                                  s.guidance_scale, vae_roundtrip)
+                                  s.guidance_scale, vae_roundtrip, true_cfg_scale=s.true_cfg_scale)
         except ValueError as err:
             raise Skip(f"does not apply: {_one_line(err)}") from None
         return {name: float(v[0].item()) for name, v in out.values().items()}

@@ -108,6 +108,7 @@ def run_exact_track(
     seed: int = 0,
     guidance_scale: float = 1.0,
     vae_roundtrip: bool = False,
+    true_cfg_scale: float = 1.0,
 ) -> ExactTrackResult:
     """:func:`exact_track` on a model adapter: one known noise per prompt, images via the adapter's VAE."""
     height, width = adapter.image_size()
@@ -116,7 +117,8 @@ def run_exact_track(
     shape = (len(prompts), *probe.shape[1:])
     grid = adapter.grid(schedule, shape)
     noise = known_noise(shape, seed, probe.device, probe.dtype)
-    cond = adapter.encode_prompts(prompts, guidance_scale)
+    extra = {"true_cfg_scale": true_cfg_scale} if float(true_cfg_scale) != 1.0 else {}
+    cond = adapter.encode_prompts(prompts, guidance_scale, **extra)
     return exact_track(
         invert, adapter.denoiser(), grid, cond, noise, decode=adapter.decode_latents,
         encode=adapter.encode_images if vae_roundtrip else None,

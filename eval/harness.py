@@ -205,7 +205,7 @@ class _Run:
             schedule=s.schedule_name or s.schedule.kind, inverter=s.inverter, adapter=self.adapter.name,
             num_steps=num_steps, guidance_scale=s.guidance_scale, seed=s.seed,
             provenance=provenance(device, dtype, s.inverter_params, asdict(s.schedule), s.config),
-            batch_size=self.batch_size,
+            batch_size=self.batch_size, true_cfg_scale=s.true_cfg_scale,
         )
         if s.batch_size > 1 and self.batch_size == 1:
             log.warning("inverter %s is not batch-separable: it runs image by image (batch_size 1 in its rows)",
@@ -382,7 +382,7 @@ def _fallback_info(run: _Run) -> RunInfo:
         checkpoint=s.checkpoint.label if s.checkpoint is not None else "", schedule=s.schedule_name or s.schedule.kind,
         inverter=s.inverter, adapter="unknown", num_steps=0, guidance_scale=s.guidance_scale, seed=s.seed,
         provenance=provenance("unknown", "unknown", s.inverter_params, asdict(s.schedule), s.config),
-        batch_size=run.batch_size,
+        batch_size=run.batch_size, true_cfg_scale=s.true_cfg_scale,
     )
 
 
@@ -421,13 +421,13 @@ def cached_conditioning(
     """The caption's prompt embeddings at the run's guidance: from the cache, or encoded and stored.
     A list of captions is one batch's conditioning, encoded together by the adapter."""
     named = {"caption": caption} if isinstance(caption, str) else {"captions": list(caption)}
-    key = {**cache_fields(settings, adapter), **named, "guidance_scale": float(settings.guidance_scale)}
+    key = {**cache_fields(settings, adapter), **named, **settings.guidance_options()}
     hit = cache.get("prompt", key, getattr(adapter, "device", "cpu"))
     if hit is not None:
         return conditioning_from_tensors(*hit)
     with torch.no_grad():
         prompts = [caption] if isinstance(caption, str) else list(caption)
-        cond = adapter.encode_prompts(prompts, guidance_scale=settings.guidance_scale)
+        cond = adapter.encode_prompts(prompts, **settings.guidance_options())
     cache.put("prompt", key, *conditioning_to_tensors(cond))
     return cond
 

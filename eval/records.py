@@ -19,7 +19,8 @@ Columns (:data:`COLUMNS`, in this order):
 - ``metric``, ``value`` (float; NaN unless status is ok), ``status`` (:data:`STATUSES`),
   ``reason`` (empty when ok, or a warning about the input such as a truncated caption), ``higher_is_better`` (bool);
 - run settings: ``num_steps`` (grid steps actually inverted, after ``strength``),
-  ``guidance_scale`` (inversion/reconstruction CFG), ``seed``, ``batch_size`` (images inverted
+  ``guidance_scale`` (inversion/reconstruction CFG on UNets; FLUX's guidance embedding),
+  ``true_cfg_scale`` (FLUX's true classifier-free guidance, 1: off), ``seed``, ``batch_size`` (images inverted
   together in one network call per evaluation; the per-image times and NFE of a batch row are
   explained with those metrics below);
 - provenance (:func:`provenance`, identical on every row of a run, also in
@@ -95,7 +96,7 @@ PROVENANCE_COLUMNS = (
 )
 COLUMNS = (
     "run_id", "unit_key", "model", "checkpoint", "schedule", "inverter", "adapter", "image", "caption", "metric",
-    "value", "status", "reason", "higher_is_better", "num_steps", "guidance_scale", "seed", "batch_size",
+    "value", "status", "reason", "higher_is_better", "num_steps", "guidance_scale", "true_cfg_scale", "seed", "batch_size",
     *PROVENANCE_COLUMNS,
 )
 # name -> higher_is_better, for the metrics the harness computes itself (documented above).
@@ -216,6 +217,7 @@ class RunInfo:
     provenance: dict[str, str] = field(default_factory=dict)
     checkpoint: str = ""  # what was loaded (eval.identity label); empty: unknown
     batch_size: int = 1  # images per inversion call (reconstruct task); 1 elsewhere
+    true_cfg_scale: float = 1.0  # FLUX's true classifier-free guidance (1: off)
 
     def row(
         self, image: str, caption: str | None, metric: str, value: float, status: str,
@@ -229,7 +231,8 @@ class RunInfo:
             "caption": one_line(caption or ""), "metric": metric,
             "value": float(value) if status == "ok" else math.nan, "status": status,
             "reason": one_line(reason), "higher_is_better": bool(higher_is_better),
-            "num_steps": self.num_steps, "guidance_scale": self.guidance_scale, "seed": self.seed,
+            "num_steps": self.num_steps, "guidance_scale": self.guidance_scale,
+            "true_cfg_scale": self.true_cfg_scale, "seed": self.seed,
             "batch_size": self.batch_size, **{k: self.provenance.get(k, "") for k in PROVENANCE_COLUMNS},
         }
 
@@ -272,7 +275,8 @@ def read_records(path: str | Path) -> pd.DataFrame:
 
     A last line without its line break (a write cut short by a kill) is dropped, never parsed:
     rows never contain line breaks (:func:`one_line`), so only a torn line lacks one. Columns
-    this version added (``unit_key``, ``checkpoint``) are empty in older files, ``batch_size`` is 1.
+    this version added (``unit_key``, ``checkpoint``) are empty in older files, ``batch_size`` and
+    ``true_cfg_scale`` are 1.
     """
     file = Path(path)
     if not file.exists() or file.stat().st_size == 0:
@@ -288,6 +292,8 @@ def read_records(path: str | Path) -> pd.DataFrame:
             df[column] = ""
     if "batch_size" not in df.columns:
         df["batch_size"] = 1
+    if "true_cfg_scale" not in df.columns:
+        df["true_cfg_scale"] = 1.0
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
     df["higher_is_better"] = df["higher_is_better"].astype(str).str.lower().eq("true")
     return df

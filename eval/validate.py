@@ -40,14 +40,14 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     **{name: (0, 1, False) for name in ("damping", "mix_weight", "lr_decay", "plateau_factor")},
     "interp": (0, 1, True),
     "omega_max": (1, None, True),  # gnri_2x
-    # edit_friendly (skip: a fraction of the steps, < 1 checked by the inverter), flowedit
-    **{name: (1, None, True) for name in ("n_max", "n_avg")},
-    "n_min": (0, None, True),
-    "skip": (0, 1, True),
     # flow inverters (rf_inversion, uni_inv, ftedit); rf_inversion's eta (shared name, above) is also
     # checked <= 1 by the inverter itself
     **{name: (0, 1, True) for name in ("gamma", "start", "stop")},
     **{name: (0, None, True) for name in ("omega", "seed", "num_fixpoint_steps")},
+    # edit_friendly (skip: a fraction of the steps, < 1 checked by the inverter), flowedit
+    **{name: (1, None, True) for name in ("n_max", "n_avg")},
+    "n_min": (0, None, True),
+    "skip": (0, 1, True),
 }
 # Model config -> family: the key that names it and what its values mean.
 FAMILY_OF = {"sd": "vp", "sdxl": "vp", "flux": "flow"}

@@ -217,3 +217,22 @@ def test_run_py_checks_a_model_built_in_code_when_it_is_built(capsys, monkeypatc
     assert err == ["run.py: model=code_schnell: " + err[0].split(": ", 2)[2]] and "has nothing to feed" in err[0]
     cfg.guidance_scale = 1.0
     assert run._adapter_factory(cfg, "cpu", False)().guidance_embeds is False  # a usable scale builds
+
+
+def test_the_benchmark_loops_pass_true_cfg_to_the_model(tiny_flux_adapter) -> None:
+    """Reconstruction and editing both run FLUX's true CFG when the run sets it (two forwards per call)."""
+    from baselines import ddim
+    from eval.data import sample_dataset
+    from eval.harness import evaluate
+    from eval.metrics import build_metrics
+    from gnri.core import CountingDenoiser
+    from gnri.edit.edit import edit_conditioning
+    from gnri.models.base import ScheduleSpec
+
+    schedule = ScheduleSpec(kind="flow_euler", num_steps=2)
+    df = evaluate(tiny_flux_adapter, schedule, ddim.invert, "ddim", sample_dataset()[:1], build_metrics(["psnr"]),
+                  warmup=0, progress=False, time_network=False, true_cfg_scale=2.0)
+    assert df.query("metric == 'nfe_forward'")["value"].tolist() == [4.0]
+    assert set(df["true_cfg_scale"]) == {2.0}
+    cond = edit_conditioning(tiny_flux_adapter, ["a dog"], 1.0, "", true_cfg_scale=2.0)
+    assert cond.uses_cfg and CountingDenoiser(tiny_flux_adapter.denoiser()).forwards_per_call(cond) == 2

@@ -78,7 +78,7 @@ RATE_SUFFIXES = ("_rate", "_success", "_fraction")
 CEILED = ("psnr", "recon_psnr")  # PSNRs of reconstructions, which the VAE ceiling bounds
 DEFAULT_HIGHER = {"psnr": True, "psnr_vae_ceiling": True, "ssim": True, "clip_score": True}
 GROUP = ("model", "setting", "method")
-SETTING_FIELDS = ("num_steps", "guidance_scale")
+SETTING_FIELDS = ("num_steps", "guidance_scale", "true_cfg_scale")
 
 
 def mean_ci(values: Iterable[float], level: float = CI_LEVEL) -> tuple[float, float, int]:

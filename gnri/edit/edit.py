@@ -31,10 +31,13 @@ Combine = Callable[[list[Tensor]], Tensor]
 
 
 def edit_conditioning(
-    adapter: Any, prompts: Sequence[str], guidance_scale: float, negative_prompt: str = ""
+    adapter: Any, prompts: Sequence[str], guidance_scale: float, negative_prompt: str = "",
+    true_cfg_scale: float = 1.0,
 ) -> Conditioning:
-    """The target prompts' conditioning: ``negative_prompt`` as the negative branch when guided."""
-    return adapter.encode_prompts(list(prompts), guidance_scale, [negative_prompt] * len(prompts))
+    """The target prompts' conditioning: ``negative_prompt`` as the negative branch when guided
+    (``true_cfg_scale``: FLUX's true classifier-free guidance, passed only when it is on)."""
+    extra = {"true_cfg_scale": true_cfg_scale} if float(true_cfg_scale) != 1.0 else {}
+    return adapter.encode_prompts(list(prompts), guidance_scale, [negative_prompt] * len(prompts), **extra)
 
 
 def prompt_swap(denoiser: Denoiser, result: InversionResult, grid: Grid, target_cond: Conditioning) -> Tensor:
