@@ -35,8 +35,9 @@ Defaults and differences from the public code, named:
 - Guidance: the code's ``src_guidance_scale``/``tar_guidance_scale`` (SD3: classifier-free 3.5 /
   13.5; FLUX.1-dev: the distilled guidance embedding 1.5 / 5.5) are not hyperparameters here:
   each branch uses the guidance its conditioning carries, the source's from the run's guidance
-  settings, the target's from the edit's (``task.edit_guidance_scale``). Where an adapter keeps a
-  distilled guidance value outside the conditioning, both branches share it.
+  settings, the target's from the edit's (``task.edit_guidance_scale``). FLUX's distilled guidance
+  travels inside the conditioning, so FLUX.1-dev's 1.5 / 5.5 is ``guidance_scale=1.5
+  task.edit_guidance_scale=5.5``.
 - Noise: drawn from a CPU ``torch.Generator`` seeded with ``seed`` in the code's order (per step,
   per average), one draw of one image's shape shared by the batch, afresh at every sampler call
   (so an edit is deterministic); the code uses the global generator (seed 10 for FLUX).
