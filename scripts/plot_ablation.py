@@ -2,7 +2,8 @@
 
     python scripts/plot_ablation.py results/bench_gnri/ablation_world_sd.txt results/bench_gnri/ablation_world_flux.txt
 
-Writes ``ablation_lam.png`` (gap to the VAE ceiling against ``lam``, one line per model and grid:
+``--runs SWEEP...`` prints the jobs of harness sweeps (``run.py -m experiment=gnri_ablation*``)
+as one markdown table instead. Writes ``ablation_lam.png`` (gap to the VAE ceiling against ``lam``, one line per model and grid:
 the shape of the paper's Fig. C2) and ``ablation_iters.png`` (gap and median per-step residual
 against Newton iterations) next to the first table. Each table block starts with a line
 ``N steps (kind...)``; rows are ``gnri[lam=...]`` and ``gnri[iters=...]``.
@@ -40,10 +41,42 @@ def read_blocks(path: Path) -> dict[str, dict[str, dict[str, float]]]:
     return blocks
 
 
+SKIP = ("experiment=", "warmup=", "progress=", "time_network=", "hydra.")
+
+
+def tabulate_runs(sweeps: list[Path]) -> str:
+    """A markdown table of harness sweeps (``run.py -m experiment=gnri_ablation*``): one row per job,
+    its overrides, the mean gap to the VAE ceiling and PSNR over images, and the median over images
+    of each image's mean per-step residual (``residual_rms_mean``)."""
+    import pandas as pd
+    import yaml
+
+    lines = ["| sweep | job overrides | images ok | PSNR (dB) | gap to VAE (dB) | median residual |",
+             "|---|---|---|---|---|---|"]
+    for sweep in sweeps:
+        for job in sorted((p for p in sweep.iterdir() if (p / "results.csv").exists()), key=lambda p: int(p.name)):
+            overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+            shown = " ".join(o for o in overrides if not o.startswith(SKIP))
+            rows = pd.read_csv(job / "results.csv")
+            ok = rows[rows["status"] == "ok"]
+
+            def metric(name: str) -> pd.Series:
+                return ok[ok["metric"] == name]["value"]
+
+            lines.append(f"| {sweep.name} | {shown} | {metric('psnr').size} | {metric('psnr').mean():.2f} | "
+                         f"{metric('psnr_gap_to_vae').mean():.2f} | {metric('residual_rms_mean').median():.2e} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tables", nargs="+", type=Path)
+    parser.add_argument("tables", nargs="*", type=Path)
+    parser.add_argument("--runs", nargs="+", type=Path, default=None,
+                        help="harness sweep folders: print their jobs as one markdown table instead")
     args = parser.parse_args(argv)
+    if args.runs:
+        print(tabulate_runs(args.runs))
+        return 0
     blocks: dict[str, dict[str, dict[str, float]]] = {}
     for path in args.tables:
         blocks.update(read_blocks(path))
