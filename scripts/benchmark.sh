@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv if needed, then run the default benchmark on the embedded world: every inverter on the world's
 # UNet at Euler 4 trailing steps and its flow model at 4 steps (16 held-out images each), and the guided part
-# (the UNet with classifier-free guidance, 10 DDIM steps, 8 images: null-text and negative-prompt apply there);
+# (the UNet with classifier-free guidance, 10 DDIM steps, 6 images: null-text and negative-prompt apply there);
 # then aggregate the sweeps into one table and plots under $OUT/report.
 # FULL=1 adds the DDIM-50 part (about 10 more minutes on a 2-core CPU).
 # Extra arguments go to every run.py sweep (e.g. max_images=4).
