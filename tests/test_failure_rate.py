@@ -35,3 +35,14 @@ def test_the_paper_table_shows_the_column_and_says_what_it_is() -> None:
     assert math.isclose(float(wide[wide["method"] == "ddim"][FAILURE_RATE].iloc[0]), 1 / 3)
     text = paper_markdown(_rows([0.5, 4.0, 1.0]))
     assert "fail (> 3 dB)" in text and "more than 3 dB under the VAE ceiling" in text
+
+
+def test_an_infinite_value_is_counted_in_the_notes_not_dropped_silently() -> None:
+    from eval.records import RunInfo as Info
+
+    info = Info("r", "m", "s", "ddim", "a", 4, 1.0, 0)
+    rows = [info.row(f"img{i}", "c", "bg_psnr", v, "ok", "", True) for i, v in enumerate([30.0, math.inf, 32.0])]
+    summary = summarize(to_frame(rows))
+    row = summary[summary["metric"] == "bg_psnr"].iloc[0]
+    assert row["n"] == 2 and row["n_infinite"] == 1 and row["mean"] == 31.0
+    assert "`bg_psnr` infinite on 1 of 3 images" in paper_markdown(to_frame(rows))

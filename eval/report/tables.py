@@ -200,20 +200,22 @@ def summarize(records: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
     df = add_failure_rate(add_total_time(label_methods(records)))
     keys = [*by, "metric"]
     cols = [*keys, "mean", "ci95", "ci_low", "ci_high", "n", "n_rows", "n_failed", "n_skipped", "n_unavailable",
-            "higher_is_better", "reason"]
+            "n_infinite", "higher_is_better", "reason"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     value = df["value"].astype(float)
+    infinite = (df["status"] == "ok") & np.isinf(value)  # e.g. the PSNR of two identical images
     value = value.where((df["status"] == "ok") & np.isfinite(value))
     bad_reason = df["reason"].astype(str).where((df["status"] != "ok") & (df["reason"].astype(str) != ""))
     work = df[keys].assign(
         value=value, failed=df["status"] == "failed", skipped=df["status"] == "skipped",
-        unavailable=df["status"] == "unavailable", hib=df["higher_is_better"].astype(bool), why=bad_reason,
+        unavailable=df["status"] == "unavailable", infinite=infinite, hib=df["higher_is_better"].astype(bool),
+        why=bad_reason,
     )
     g = work.groupby(keys, sort=False, dropna=False)
     out = g.agg(mean=("value", "mean"), sd=("value", "std"), n=("value", "count"), n_rows=("value", "size"),
                 n_failed=("failed", "sum"), n_skipped=("skipped", "sum"), n_unavailable=("unavailable", "sum"),
-                higher_is_better=("hib", "first"), reason=("why", "first")).reset_index()
+                n_infinite=("infinite", "sum"), higher_is_better=("hib", "first"), reason=("why", "first")).reset_index()
     n = out["n"].to_numpy(dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         tcrit = np.where(n > 1, stats.t.ppf(0.5 + CI_LEVEL / 2, np.maximum(n - 1, 1)), np.nan)
@@ -249,7 +251,7 @@ def _vae_ceiling(df: pd.DataFrame) -> pd.DataFrame:
         mean, half, n = mean_ci(block["value"].astype(float))
         low, high = clipped_interval("psnr_vae_ceiling", mean, half, n)
         rows.append({"model": model, "setting": setting, "method": VAE_ROW, "metric": "psnr", "mean": mean,
-                     "ci95": half, "ci_low": low, "ci_high": high, "n": n, "n_rows": len(block), "n_failed": 0, "n_skipped": 0, "n_unavailable": 0,
+                     "ci95": half, "ci_low": low, "ci_high": high, "n": n, "n_rows": len(block), "n_failed": 0, "n_skipped": 0, "n_unavailable": 0, "n_infinite": 0,
                      "higher_is_better": True, "reason": ""})
     return pd.DataFrame(rows)
 
@@ -378,6 +380,10 @@ def _footnotes(summary: pd.DataFrame) -> list[str]:
     for metric, block in unavailable.groupby("metric", sort=False):
         n, rows = int(block["n_unavailable"].sum()), int(block["n_rows"].sum())
         notes.append(f"- `{metric}` unavailable: {block['reason'].iloc[0]} ({n} of {rows} images, left out of the means)")
+    infinite = summary[summary["n_infinite"] > 0] if "n_infinite" in summary.columns else summary.iloc[:0]
+    for _, r in infinite.iterrows():
+        notes.append(f"- {r['model']} · {r['setting']} · {r['method']}: `{r['metric']}` infinite on {int(r['n_infinite'])} "
+                     f"of {int(r['n_rows'])} images (e.g. identical images' PSNR), left out of the mean")
     bad = summary[(summary["n_failed"] + summary["n_skipped"]) > 0]
     for _, r in bad.drop_duplicates(subset=["model", "setting", "method"]).iterrows():
         notes.append(
