@@ -49,28 +49,16 @@ Defaults and differences from the public code, named:
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
 
-from gnri.core import Conditioning, Denoiser, Grid, InversionResult, Level, Tensor
+from baselines.flow_common import require_flow, velocity
+from gnri.core import Conditioning, Denoiser, Grid, InversionResult, Tensor
 
 METHOD = "flowedit"
-FLOW_TOLERANCE = 1e-6  # how far a + s may be from 1 on a flow level (the adapter's float round-off)
 TASKS = ("edit",)  # the harness tasks FlowEdit applies to (eval.validate.task_refusal reads invert.tasks)
 TASK_NOTE = "flowedit is inversion-free editing"
-
-
-def _check_grid(grid: Grid) -> None:
-    if grid.family != "flow":
-        raise ValueError(
-            f"inverter {METHOD}: needs a rectified-flow grid (a Flux-family model with a flow_euler schedule), "
-            f"got grid.family={grid.family!r}"
-        )
-    for level in grid.levels:
-        if not math.isclose(level.a + level.s, 1.0, abs_tol=FLOW_TOLERANCE):
-            raise ValueError(f"inverter {METHOD}: flow level t={level.t} has a + s = {level.a + level.s}, expected 1")
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:
@@ -91,17 +79,12 @@ def _draw(gen: torch.Generator, like: Tensor) -> Tensor:
     return one.to(device=like.device, dtype=like.dtype).expand_as(like)
 
 
-def _velocity(denoiser: Denoiser, z: Tensor, level: Level, cond: Conditioning) -> Tensor:
-    pred = denoiser(z, level, cond)
-    return pred.eps - pred.x0
-
-
 def flowedit_sample(
     denoiser: Denoiser, grid: Grid, cond: Conditioning, z: Tensor, *, source_cond: Conditioning, n_max: int,
     n_min: int, n_avg: int, seed: int,
 ) -> Tensor:
     """FlowEdit from the source latent ``z`` toward ``cond`` (the target); the edit at ``grid.levels[0]``."""
-    _check_grid(grid)
+    require_flow(METHOD, grid)
     first = _window(grid, n_max, n_min)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x_src, edit, tar = z, z, None
@@ -112,14 +95,14 @@ def flowedit_sample(
             for _ in range(n_avg):
                 z_src = src.a * x_src + src.s * _draw(gen, x_src)
                 z_tar = z_src + (edit - x_src)
-                v_tar = _velocity(denoiser, z_tar, src, cond)
-                v_src = _velocity(denoiser, z_src, src, source_cond)
+                v_tar = velocity(denoiser(z_tar, src, cond))
+                v_src = velocity(denoiser(z_src, src, source_cond))
                 delta = delta + (v_tar - v_src) / n_avg
             edit = edit + (dst.s - src.s) * delta
         else:
             if tar is None:  # the SDEdit-style phase starts: the edit noised like the source
                 tar = edit + (src.a * x_src + src.s * _draw(gen, x_src) - x_src)
-            tar = tar + (dst.s - src.s) * _velocity(denoiser, tar, src, cond)
+            tar = tar + (dst.s - src.s) * velocity(denoiser(tar, src, cond))
     return edit if tar is None else tar
 
 
@@ -135,7 +118,7 @@ def invert(
     seed: int = 0,
 ) -> InversionResult:
     """FlowEdit (Kulikov et al., ICCV 2025): inversion-free editing; no network call here, the edit runs in the sampler."""
-    _check_grid(grid)
+    require_flow(METHOD, grid)
     _check_int("n_max", n_max, 1)
     _check_int("n_min", n_min, 0)
     _check_int("n_avg", n_avg, 1)

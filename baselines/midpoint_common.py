@@ -24,25 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from gnri.core import Conditioning, Denoiser, Grid, Level, Prediction, StepInfo, Tensor
+from baselines.flow_common import require_flow, velocity
+from gnri.core import Conditioning, Denoiser, Grid, Level, StepInfo, Tensor
 
 Update = Literal["taylor", "midpoint"]
-
-
-def require_flow(method: str, grid: Grid) -> None:
-    """Refuse VP grids and stored (ancestral) noise: these are rectified-flow ODE solvers."""
-    if grid.family != "flow":
-        raise ValueError(
-            f"inverter {method}: needs a rectified-flow grid (family 'flow', e.g. model=world_flux "
-            f"schedule=flow4), got family {grid.family!r}"
-        )
-    if grid.noises is not None:
-        raise ValueError(f"inverter {method}: stored (ancestral) noise is not supported on flow grids")
-
-
-def velocity(pred: Prediction) -> Tensor:
-    """``v = eps - x0 = dz/dsigma`` on rectified-flow levels."""
-    return pred.eps - pred.x0
 
 
 def midpoint_level(src: Level, dst: Level) -> Level:
