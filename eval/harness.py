@@ -107,12 +107,12 @@ class _Fail(Exception):
 
 @dataclass
 class _Image:
-    """Everything about one image that precedes inversion (all untimed)."""
+    """Everything about one image that precedes inversion (all untimed); its prompt is encoded
+    with its batch's (:func:`_stack`)."""
 
     pixels: Tensor
     latent: Tensor
     ceiling_psnr: float
-    cond: Conditioning
     grid: Grid
     key: dict[str, Any] = field(default_factory=dict)  # the image's cache key fields
 
@@ -433,7 +433,7 @@ def cached_conditioning(
 
 
 def _prepare(run: _Run, entry: Entry) -> _Image:
-    """Pixels, latent, VAE ceiling, conditioning (from the cache when present) and the grid."""
+    """Pixels, latent, VAE ceiling (from the cache when present) and the grid."""
     if entry.problem is not None:
         raise _Skip(entry.problem)
     start = time.perf_counter()
@@ -443,11 +443,10 @@ def _prepare(run: _Run, entry: Entry) -> _Image:
         pixels, latent, ceiling = cached_image(run.cache, image_key, adapter, entry)
     except (OSError, ValueError) as err:
         raise _Skip(f"cannot read image {entry.image_id}: {_one_line(err)}") from None
-    cond = cached_conditioning(run.cache, s, adapter, entry.caption or "")
     with torch.no_grad():
         grid = adapter.grid(s.schedule, tuple(latent.shape))
     run.stages["prepare_s"] += time.perf_counter() - start
-    return _Image(pixels, latent, ceiling, cond, grid, image_key)
+    return _Image(pixels, latent, ceiling, grid, image_key)
 
 
 def _invert(run: _Run, denoiser: Any, img: _Batch) -> InversionResult:
@@ -473,18 +472,19 @@ class _Batch:
 
 
 def _stack(run: _Run, entries: Sequence[Entry], images: Sequence[_Image]) -> _Batch:
-    """One image as it is; several: pixels and latents concatenated, the captions encoded
-    together (cached by the list of captions) and the first grid with its stored noise repeated
-    for every image (each image gets the noise it would get alone)."""
+    """The batch's prompts encoded together (from the shared cache: one caption by itself, several
+    by their list); one image as it is, several with pixels and latents concatenated and the first
+    grid's stored noise repeated for every image (each image gets the noise it would get alone)."""
+    start = time.perf_counter()
+    captions = [entry.caption or "" for entry in entries]
+    cond = cached_conditioning(run.cache, run.settings, run.adapter, captions[0] if len(captions) == 1 else captions)
+    run.stages["prepare_s"] += time.perf_counter() - start
     if len(images) == 1:
-        img = images[0]
-        return _Batch(img.pixels, img.latent, img.cond, img.grid)
+        return _Batch(images[0].pixels, images[0].latent, cond, images[0].grid)
     size = len(images)
     grid = images[0].grid
     if grid.noises is not None:
         grid = grid.with_noises(tuple(n.expand(size, *n.shape[1:]).contiguous() for n in grid.noises))
-    captions = [entry.caption or "" for entry in entries]
-    cond = cached_conditioning(run.cache, run.settings, run.adapter, captions)
     return _Batch(torch.cat([i.pixels for i in images]), torch.cat([i.latent for i in images]), cond, grid)
 
 
