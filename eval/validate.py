@@ -39,7 +39,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     **{name: (0, None, False) for name in ("lr", "step_size", "fd_step")},
     **{name: (0, 1, False) for name in ("damping", "mix_weight", "lr_decay", "plateau_factor")},
     "interp": (0, 1, True),
-    "omega_max": (1, None, True),  # gnri_2x
+    **{name: (1, None, True) for name in ("omega_max", "evals_per_step", "first_step_evals")},  # gnri_2x
     # flow inverters (rf_inversion, uni_inv, ftedit); rf_inversion's eta (shared name, above) is also
     # checked <= 1 by the inverter itself
     **{name: (0, 1, True) for name in ("gamma", "start", "stop")},

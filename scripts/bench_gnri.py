@@ -144,7 +144,8 @@ def methods() -> dict[str, Callable[..., Any]]:
 
 
 def two_x_methods() -> dict[str, Callable[..., Any]]:
-    """Issue 14: gnri_2x and its attempts against the methods at 2 network calls per step (DDIM at 1)."""
+    """Issue 14: gnri_2x and its attempts against the methods at 2N network calls (DDIM at N); the
+    attempts before the front-loaded schedule are the ``uniform`` rows."""
     return {
         "ddim": ddim.invert,
         "fp2": partial(fixed_point.invert, max_iters=2),
@@ -153,12 +154,17 @@ def two_x_methods() -> dict[str, Callable[..., Any]]:
         "gnri_aa[iters=2]": partial(anderson.invert, max_iters=2),
         "gnri_aa[warm,iters=2]": partial(anderson.invert, start="previous", max_iters=2),
         "gnri_2x": gnri_2x.invert,
-        "gnri_2x[start=x]": partial(gnri_2x.invert, start="x"),
-        "gnri_2x[start=previous]": partial(gnri_2x.invert, start="previous"),
-        "gnri_2x[previous,sigma]": partial(gnri_2x.invert, start="previous", first="sigma"),
-        "gnri_2x[first=fixed_point]": partial(gnri_2x.invert, first="fixed_point"),
-        "gnri_2x[first=sigma]": partial(gnri_2x.invert, first="sigma"),
-        "gnri_2x[second=chebyshev]": partial(gnri_2x.invert, second="chebyshev"),
+        "gnri_2x[uniform]": partial(gnri_2x.invert, schedule="uniform"),
+        "gnri_2x[first_step_evals=4]": partial(gnri_2x.invert, first_step_evals=4),
+        "gnri_2x[first_step_evals=8]": partial(gnri_2x.invert, first_step_evals=8),
+        "gnri_2x[1.5/step]": partial(gnri_2x.invert, evals_per_step=1.5),
+        "gnri_2x[1.5/step,uniform]": partial(gnri_2x.invert, evals_per_step=1.5, schedule="uniform"),
+        "gnri_2x[start=x]": partial(gnri_2x.invert, schedule="uniform", start="x"),
+        "gnri_2x[start=previous]": partial(gnri_2x.invert, schedule="uniform", start="previous"),
+        "gnri_2x[previous,sigma]": partial(gnri_2x.invert, schedule="uniform", start="previous", first="sigma"),
+        "gnri_2x[first=fixed_point]": partial(gnri_2x.invert, schedule="uniform", first="fixed_point"),
+        "gnri_2x[first=sigma]": partial(gnri_2x.invert, schedule="uniform", first="sigma"),
+        "gnri_2x[second=chebyshev]": partial(gnri_2x.invert, schedule="uniform", second="chebyshev"),
     }
 
 

@@ -1,4 +1,4 @@
-"""gnri_2x (issue 14): 2 forwards per step and no backward, a by-hand transcription of its update on
+"""gnri_2x (issue 14): 2x DDIM's forwards (2 per step, or front-loaded on the first step) and no backward, a by-hand transcription of its update on
 consecutive steps of a VP and a flow grid (a nonlinear toy network), the Chebyshev relaxations'
 defining property, exactness where the secant is exact, and one-line errors.
 
@@ -48,8 +48,10 @@ VP = Grid((_vp(0.9991, 1.0), _vp(0.82, 250.0), _vp(0.46, 500.0), _vp(0.12, 750.0
 FLOW = Grid(tuple(Level(sig, 1 - sig, sig) for sig in (0.0, 0.35, 0.62, 0.9)), family="flow")
 
 
-def by_hand(x0: Tensor, grid: Grid, family: str, first: str = "chebyshev", start: str = "previous") -> list[Tensor]:
+def by_hand(x0: Tensor, grid: Grid, family: str, first: str = "chebyshev", start: str = "previous",
+            evals: tuple[int, ...] | None = None) -> list[Tensor]:
     lv, x, out, warm, preds = grid.levels, x0, [x0], None, []
+    evals = evals or (2,) * (len(lv) - 1)
     for i in range(len(lv) - 1):
         p, q = lv[i], lv[i + 1]
 
@@ -60,23 +62,30 @@ def by_hand(x0: Tensor, grid: Grid, family: str, first: str = "chebyshev", start
             return x + (q.s - p.s) * (eps - x0h)
 
         m = (p.s / p.a) / (q.s / q.a) if family == "vp" else p.s / q.s  # sigma_{t-1} / sigma_t
-        # the larger Chebyshev node of [m, 1] at degree 2: (1+m)/2 + (1-m)/2 * cos(pi/4)
-        omega = {"chebyshev": 1 / ((1 + m) / 2 + (1 - m) / 2 / math.sqrt(2)), "fixed_point": 1.0}[first]
+        # the larger Chebyshev node of [m, 1] at degree 2: (1+m)/2 + (1-m)/2 * cos(pi/4); at degree 1: (1+m)/2
+        cheb = 1 / ((1 + m) / 2 + (1 - m) / 2 / math.sqrt(2)) if evals[i] >= 2 else 2 / (1 + m)
+        omega = {"chebyshev": cheb, "fixed_point": 1.0}[first]
         if start == "extrapolate" and len(preds) == 2:
             sig = [(lv[j].s if family == "flow" else lv[j].s / lv[j].a) for j in (i - 1, i, i + 1)]
             rho = min((sig[2] - sig[1]) / (sig[1] - sig[0]), 1.0)
             (a2, e2), (a1, e1) = preds
             warm = (a1 + rho * (a1 - a2), e1 + rho * (e1 - e2))
-        z0 = x if warm is None else f(warm)
-        f0 = f(toy(z0, q, family))
-        z1 = z0 + omega * (f0 - z0)
-        warm = toy(z1, q, family)
+        z = x if warm is None else f(warm)
+        zs, fs = [], []
+        for k in range(evals[i]):
+            warm = toy(z, q, family)
+            zs.append(z)
+            fs.append(f(warm))
+            if k == 0:
+                z = z + omega * (fs[0] - zs[0])
+                continue
+            rs = [fj - zj for fj, zj in zip(fs, zs)]
+            dr = torch.stack([b - a for a, b in zip(rs, rs[1:])], dim=-1)  # (B, D, k): per-sample least squares
+            gamma = torch.linalg.lstsq(dr, rs[-1].unsqueeze(-1)).solution  # min ||r_k - dR gamma||
+            df = torch.stack([b - a for a, b in zip(fs, fs[1:])], dim=-1)
+            z = fs[-1] - (df @ gamma).squeeze(-1)
         preds = (preds + [warm])[-2:]
-        f1 = f(warm)
-        r0, r1 = f0 - z0, f1 - z1
-        d = r1 - r0
-        gamma = (d * r1).sum(dim=1, keepdim=True) / (d * d).sum(dim=1, keepdim=True)  # secant, per sample
-        x = f1 - gamma * (f1 - f0)
+        x = z
         out.append(x)
     return out
 
@@ -89,10 +98,43 @@ def test_update_equals_the_transcription_on_consecutive_steps(family: str, first
     x0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
     want = by_hand(x0, grid, family, first, start)
     den = CountingDenoiser(Toy(family))
-    res = gnri_2x.invert(den, x0, grid, COND, first=first, start=start, regularization=0.0)
+    res = gnri_2x.invert(den, x0, grid, COND, first=first, start=start, regularization=0.0, schedule="uniform")
     assert (den.counter.forward, den.counter.backward) == (2 * grid.num_steps, 0)
     for got, exp in zip(res.trajectory, want):
         torch.testing.assert_close(got, exp, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", ["vp", "flow"])
+@pytest.mark.parametrize("per_step,first_step,want_evals", [(2.0, 4, (4, 1, 1)), (2.0, 3, (3, 2, 1)), (1.0, 5, (1, 1, 1)),
+                                                            (1.5, 5, (2, 1, 1))])
+def test_front_schedule_equals_the_transcription(family: str, per_step: float, first_step: int,
+                                                 want_evals: tuple[int, ...]) -> None:
+    """Front-loaded budgets (Anderson over 3-4 evaluations on the first step, single relaxed steps after)."""
+    grid = VP if family == "vp" else FLOW
+    x0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    want = by_hand(x0, grid, family, start="extrapolate", evals=want_evals)
+    den = CountingDenoiser(Toy(family))
+    res = gnri_2x.invert(den, x0, grid, COND, evals_per_step=per_step, first_step_evals=first_step, regularization=0.0)
+    assert (den.counter.forward, den.counter.backward) == (sum(want_evals), 0)
+    assert res.extras["evaluations"] == want_evals
+    for got, exp in zip(res.trajectory, want):
+        torch.testing.assert_close(got, exp, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("steps,per_step,first_step,schedule,want", [
+    (4, 2.0, 5, "front", (5, 1, 1, 1)),
+    (10, 2.0, 5, "front", (5, 2, 2, 2, 2, 2, 2, 1, 1, 1)),
+    (10, 1.5, 5, "front", (5, 2, 1, 1, 1, 1, 1, 1, 1, 1)),
+    (4, 1.5, 5, "front", (3, 1, 1, 1)),
+    (1, 2.0, 5, "front", (2,)),
+    (3, 4.0, 2, "front", (4, 4, 4)),  # the first step never gets less than its even share
+    (10, 2.0, 5, "uniform", (2,) * 10),
+    (4, 1.5, 5, "uniform", (2, 2, 1, 1)),
+])
+def test_evaluation_schedule(steps: int, per_step: float, first_step: int, schedule: str,
+                             want: tuple[int, ...]) -> None:
+    got = gnri_2x.evaluation_schedule(steps, per_step, first_step, schedule)
+    assert got == want and sum(got) == int(per_step * steps)
 
 
 @pytest.mark.parametrize("m", [0.0, 0.2, 0.7])
@@ -105,16 +147,18 @@ def test_chebyshev_pair_equioscillates_on_the_interval(m: float) -> None:
 
 
 def test_exact_when_the_jacobian_is_a_multiple_of_identity() -> None:
-    """eps = g z makes f affine with J_f = c I: the secant lands on every step's root."""
+    """eps = g z makes f affine with J_f = c I: the secant lands on the root of every step given 2 or more."""
     x0 = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(3), dtype=F64)
     den, grid = LinearEpsDenoiser(0.4), vp_grid(4)
-    res = gnri_2x.invert(den, x0, grid, COND)
-    assert step_residuals(den, res, grid, COND).max() < 1e-9
+    for options in ({"schedule": "uniform"}, {"evals_per_step": 3.0}):  # front: (5, 3, 2, 2); >= 2 per step
+        res = gnri_2x.invert(den, x0, grid, COND, **options)
+        assert step_residuals(den, res, grid, COND).max() < 1e-9
 
 
 def test_bad_options_fail_with_one_line_errors() -> None:
     x0, den = torch.zeros(1, 4, dtype=F64), Toy("vp")
     for key, value in (("start", "zero"), ("first", "newton"), ("second", "broyden"), ("omega_max", 0.5),
+                       ("schedule", "back"), ("evals_per_step", 0.5), ("first_step_evals", 0),
                        ("regularization", -1.0)):
         with pytest.raises(ValueError, match=f"inverter gnri_2x: {key}"):
             gnri_2x.invert(den, x0, VP, COND, **{key: value})

@@ -1,34 +1,49 @@
-"""``gnri_2x``: a GNRI-family inverter at exactly 2 network evaluations per step, no backward pass.
+"""``gnri_2x``: a GNRI-family inverter at 2x DDIM inversion's network evaluations, no backward pass.
 
-Beyond the paper (issue 14). Per inversion step ``z_{t-1} -> z_t`` it solves GNRI's fixed-point
+Beyond the paper (issue 14). Each inversion step ``z_{t-1} -> z_t`` solves GNRI's fixed-point
 equation ``z = f(z)`` (``StepProblem.implicit_map``: arXiv 2312.12540 Eq. 4 for VP, its Euler
-form for flow) with two evaluations of ``f``: a relaxed fixed-point step whose relaxation is
-known in closed form from the two levels, then one Anderson (secant) extrapolation::
+form for flow) with ``k`` evaluations of ``f``; the ``k`` of each step comes from a budget of
+``evals_per_step x N`` evaluations in all (``N`` steps; default 2, so NFE = 2x DDIM's)::
 
-    z^0 = f(pred_extrapolated)    (start='extrapolate': no network call; see below)
-    r^0 = f(z^0) - z^0                                  (evaluation 1)
-    z^1 = z^0 + omega r^0                               (first='chebyshev' | 'sigma' | 'fixed_point')
-    r^1 = f(z^1) - z^1                                  (evaluation 2)
-    gamma = argmin ||r^1 - gamma (r^1 - r^0)||,  z_t = f(z^1) - gamma (f(z^1) - f(z^0))
+    z^0 = f(pred_extrapolated)                    (start='extrapolate': no network call; see below)
+    r^0 = f(z^0) - z^0                            (evaluation 1)
+    z^1 = z^0 + omega r^0                         (first='chebyshev' | 'sigma' | 'fixed_point')
+    r^i = f(z^i) - z^i                            (evaluations 2..k)
+    z^{i+1} = f(z^i) - sum_j gamma_j (f(z^{j+1}) - f(z^j)),  gamma = argmin ||r^i - sum_j gamma_j (r^{j+1} - r^j)||
 
-Derivation of ``omega``. Write the network as ``eps(z) = (z - a x0hat(z)) / s`` (VP) or the
-velocity ``v(z) = (z - x0hat(z)) / s`` (flow). Then ``J_f = lambda_1 (I - a J_x0hat)`` with
-``lambda_1 = B / s_t`` (VP: ``B = s_t - a_t s_{t-1} / a_{t-1}``, the coefficient of ``eps`` in
-``f``; flow: ``B = s_t - s_{t-1}``). For Gaussian data of variance ``c^2`` along a direction,
-``a J_x0hat = a^2 c^2 / (a^2 c^2 + s^2)``, so the eigenvalues of ``J_f`` lie in
-``[0, lambda_1]``: ``lambda_1`` along directions the data does not vary in (the error fixed
-point removes slowest), ``~0`` along directions it varies in a lot. The residual operator
-``I - J_f`` therefore has its spectrum in ``[m, 1]`` with ``m = 1 - lambda_1`` known from the two
-levels alone (VP: ``m = sigma_{t-1} / sigma_t``, the ratio of the VE sigmas; flow:
-``m = s_{t-1} / s_t``). Richardson steps ``z + omega r`` multiply the error by ``1 - omega mu``
-on that spectrum; the two steps whose product is smallest over ``[m, 1]`` are the degree-2
-Chebyshev ones, ``omega_k = 1 / mu_k`` with ``mu_k = (1 + m)/2 + (1 - m)/2 cos((2k - 1) pi / 4)``.
-``first='chebyshev'`` (default) takes the first of them (the larger node: a mild
-over-relaxation, bounded by ``1 / mu_1 <= 1.18`` at ``m = 0``) and leaves the second to the
-Anderson secant, which adapts it to the spectrum the error actually has (for an affine ``f``
-with ``J_f`` a multiple of the identity on the error's span it lands on the root). ``sigma``
-takes ``omega = 1 / m`` (kills the ``lambda_1`` directions exactly; clipped at ``omega_max``),
-``fixed_point`` ``omega = 1`` (``gnri_aa`` with 2 iterations).
+that is a relaxed fixed-point step, then Anderson mixing over the step's whole history (type II;
+with ``k = 2`` one secant). A step with ``k = 1`` stops at ``z^1``, with the degree-1 Chebyshev
+relaxation ``omega = 2 / (1 + m)``. The output ``z^k`` is the unevaluated extrapolation (as
+``gnri_aa``).
+
+Derivation of ``omega`` and of the schedule. Write the network as ``eps(z) = (z - a x0hat(z)) / s``
+(VP) or the velocity ``v(z) = (z - x0hat(z)) / s`` (flow). Then ``J_f = lambda_1 (I - a J_x0hat)``
+with ``lambda_1 = B / s_t`` (VP: ``B = s_t - a_t s_{t-1} / a_{t-1}``, the coefficient of ``eps``
+in ``f``; flow: ``B = s_t - s_{t-1}``). For Gaussian data of variance ``c^2`` along a direction,
+``a J_x0hat = a^2 c^2 / (a^2 c^2 + s^2)``, so the eigenvalues of ``J_f`` lie in ``[0, lambda_1]``:
+``lambda_1`` along directions the data does not vary in (the error fixed point removes slowest),
+``~0`` along directions it varies in a lot. The residual operator ``I - J_f`` therefore has its
+spectrum in ``[m, 1]`` with ``m = 1 - lambda_1`` known from the two levels alone (VP:
+``m = sigma_{t-1} / sigma_t``, the ratio of the VE sigmas; flow: ``m = s_{t-1} / s_t``).
+
+- Relaxation. Richardson steps ``z + omega r`` multiply the error by ``1 - omega mu`` on that
+  spectrum; the ``k`` steps whose product is smallest over ``[m, 1]`` are the degree-``k``
+  Chebyshev ones, ``omega_j = 1 / mu_j``, ``mu_j = (1 + m)/2 + (1 - m)/2 cos((2j - 1) pi / 2k)``.
+  ``first='chebyshev'`` (default) takes the smallest of the degree-2 pair (``<= 1.18``) and
+  leaves the rest to Anderson, which adapts to the spectrum the error actually has (for an
+  affine ``f`` with ``J_f`` a multiple of the identity on the error's span the secant lands on
+  the root); ``sigma`` takes ``omega = 1 / m`` (clipped at ``omega_max``); ``fixed_point`` 1.
+  ``second='chebyshev'`` replaces Anderson by the fixed degree-``k`` nodes (a recorded failure).
+- Schedule (``schedule='front'``, default). After ``k`` such steps the best worst-case error
+  factor on ``[m, 1]`` is ``1 / T_k((1 + m) / (1 - m))`` (``T_k``: Chebyshev polynomial): it
+  falls geometrically in ``k`` when ``m > 0`` and is exactly 1 when ``m = 0``, which is the
+  first step (from the clean level, ``sigma_{t-1} = 0``). That step also has no warm start,
+  and the sampler's last step returns ``x0hat(z_1)`` itself, so its residual is the output's
+  error unattenuated. Every later step has ``m > 0``, a warm start from the trajectory and an
+  error the sampler contracts. So the budget goes first to the first step:
+  ``first_step_evals`` (default 5, at most what leaves one per later step), and the rest is
+  spread evenly over the others, the cleaner ones first. ``uniform`` spreads it evenly over
+  every step (``evals_per_step = 2``: exactly 2 each).
 
 Warm start (``start``). ``previous``: ``z^0 = f(q_{t-1})`` with ``q_{t-1}`` the previous step's
 last prediction (made at level ``t-1``); ``f`` holds it fixed, so ``z^0`` is DDIM inversion with
@@ -40,17 +55,15 @@ sigma_{t-2})`` clipped at 1 (on SDXL-Turbo's trailing levels the unclipped ratio
 the first step starts from ``x``, the second from ``previous``. First-order extrapolation of the
 network output along the probability-flow path, at no network cost.
 
-Cost: 2 forwards per step (the first step starts from ``x``), no backward; the output ``z_t``
-is the unevaluated extrapolation (as ``gnri_aa``). Per-sample least squares in float64 with the
-ridge ``regularization`` (``gnri.core.anderson``).
+Cost: ``floor(evals_per_step x N)`` forwards (at least one per step), no backward. Per-sample
+least squares in float64 with the ridge ``regularization`` (``gnri.core.anderson``).
 
 Measured (``results/bench_gnri/gnri_2x.md``; 8 held-out world scenes, gap to the VAE ceiling,
-2 forwards per step): world UNet Euler 4 trailing 1.46 dB (gnri_aa warm 1.87, fixed point 7.27,
-DDIM 9.97 at 1 per step, EDICT 0.00 as an exact coupled inversion), Euler 10 trailing 0.83 dB
-(1.23), DDIM 10 leading ~0.0 dB; world flow model 4 steps 0.14 dB (0.14). The issue's 0.5 dB bar
-is met at 10 DDIM steps and on the flow model, not at 4 Euler steps nor 10 Euler steps: there
-the first step (from the clean level, where ``m = 0`` and the spectrum reaches 0) carries
-most of the error (per-step residual 1.2e-1 against 2e-2 for the others).
+NFE = 2N): world UNet Euler 10 trailing 0.06 dB (2 per step uniformly: 0.83; gnri_aa warm 1.23),
+DDIM 10 leading 0.02, world flow model 4 steps 0.07 (0.14); Euler 4 trailing 1.13 dB (uniform
+1.46, gnri_aa warm 1.87, DDIM 9.97 at N), where the 0.5 dB bar is not met. At 1.5 per step:
+Euler 10 0.08, DDIM 10 0.04, flow 4 0.13, Euler 4 1.73. EDICT is exact (0.00) at 2N as a
+coupled pair with its own sampler.
 """
 
 from __future__ import annotations
@@ -78,6 +91,7 @@ from gnri.core.step import per_sample_rms
 STARTS = ("previous", "extrapolate", "x")
 FIRSTS = ("chebyshev", "sigma", "fixed_point")
 SECONDS = ("anderson", "chebyshev")
+SCHEDULES = ("front", "uniform")
 
 
 def spectrum_floor(problem: StepProblem) -> float:
@@ -106,42 +120,72 @@ def warm_prediction(problem: StepProblem, history: list[tuple[float, Prediction]
     return Prediction(q1.x0 + rho * (q1.x0 - q2.x0), q1.eps + rho * (q1.eps - q2.eps))
 
 
+def chebyshev_nodes(m: float, degree: int) -> tuple[float, ...]:
+    """The degree-``degree`` Chebyshev Richardson steps ``1 / mu_j`` on ``[m, 1]``, smallest first."""
+    centre, half = (1.0 + m) / 2, (1.0 - m) / 2
+    mus = [centre + half * math.cos((2 * j - 1) * math.pi / (2 * degree)) for j in range(1, degree + 1)]
+    return tuple(1.0 / mu for mu in mus)
+
+
 def chebyshev_relaxations(m: float) -> tuple[float, float]:
     """``(omega_1, omega_2)``: the degree-2 Chebyshev Richardson steps on ``[m, 1]`` (larger node first)."""
-    centre, half = (1.0 + m) / 2, (1.0 - m) / 2
-    c = math.cos(math.pi / 4)
-    return 1.0 / (centre + half * c), 1.0 / (centre - half * c)
+    w1, w2 = chebyshev_nodes(m, 2)
+    return w1, w2
+
+
+def evaluation_schedule(
+    num_steps: int, evals_per_step: float, first_step_evals: int, schedule: str,
+) -> tuple[int, ...]:
+    """Network evaluations of each step, cleanest first: ``floor(evals_per_step x num_steps)`` in all
+    (at least one per step). ``front`` gives the first step ``max(first_step_evals, its even share)``,
+    capped so every later step keeps one, and spreads the rest evenly (extra ones to the cleaner
+    steps); ``uniform`` spreads everything evenly."""
+    total = max(num_steps, math.floor(evals_per_step * num_steps + 1e-9))
+    head: tuple[int, ...] = ()
+    if schedule == "front" and num_steps > 1:
+        share = math.ceil(total / num_steps)
+        head = (min(max(first_step_evals, share), total - (num_steps - 1)),)
+    rest_steps, rest_total = num_steps - len(head), total - sum(head)
+    base, extra = divmod(rest_total, rest_steps)
+    return head + tuple(base + (1 if i < extra else 0) for i in range(rest_steps))
 
 
 def solve_step(
-    problem: StepProblem, *, first: str, second: str, omega_max: float, regularization: float,
+    problem: StepProblem, *, evals: int, first: str, second: str, omega_max: float, regularization: float,
     warm: Prediction | None,
 ) -> tuple[Tensor, StepInfo, Prediction]:
-    """One step: the latent, per-evaluation ``residual``/``step_size``, and the last prediction."""
+    """One step with ``evals`` network calls: the latent, per-evaluation ``residual``/``step_size``,
+    and the last prediction."""
     m = spectrum_floor(problem)
-    cheb = chebyshev_relaxations(m)
     if first == "chebyshev":
-        omega = cheb[0]
+        omega = chebyshev_nodes(m, 2)[0] if evals >= 2 else chebyshev_nodes(m, 1)[0]
     elif first == "sigma":
         omega = min(1.0 / m, omega_max) if m > 0 else omega_max
     else:
         omega = 1.0
+    fixed = chebyshev_nodes(m, evals)
+    zs: list[Tensor] = []
+    fs: list[Tensor] = []
+    rs: list[Tensor] = []
     with torch.no_grad():
-        z0 = problem.x if warm is None else problem.implicit_map(warm)
-        f0 = problem.implicit_map(problem.predict(z0))
-        r0 = f0 - z0
-        z1 = z0 + omega * r0
-        pred = problem.predict(z1)
-        f1 = problem.implicit_map(pred)
-        r1 = f1 - z1
-        if second == "anderson":
-            gamma = mixing_coefficients([r1 - r0], r1, regularization)
-            z2 = f1 - combine([f1 - f0], gamma)
-        else:
-            z2 = z1 + cheb[1] * r1
-    series = {"residual": (per_sample_rms(r0), per_sample_rms(r1)),
-              "step_size": (per_sample_rms(z1 - z0), per_sample_rms(z2 - z1))}
-    return z2, StepInfo(iters=2, series=series), pred
+        z = problem.x if warm is None else problem.implicit_map(warm)
+        for i in range(evals):
+            pred = problem.predict(z)
+            f = problem.implicit_map(pred)
+            zs.append(z)
+            fs.append(f)
+            rs.append(f - z)
+            if i == 0:
+                z = z + omega * rs[0]
+            elif second == "anderson":
+                gamma = mixing_coefficients([b - a for a, b in zip(rs, rs[1:])], rs[-1], regularization)
+                z = f - combine([b - a for a, b in zip(fs, fs[1:])], gamma)
+            else:
+                z = z + fixed[i] * rs[-1]
+        zs.append(z)
+    series = {"residual": tuple(per_sample_rms(r) for r in rs),
+              "step_size": tuple(per_sample_rms(b - a) for a, b in zip(zs, zs[1:]))}
+    return z, StepInfo(iters=evals, series=series), pred
 
 
 def invert(
@@ -150,32 +194,44 @@ def invert(
     grid: Grid,
     cond: Conditioning,
     *,
+    evals_per_step: float = 2.0,
+    schedule: str = "front",
+    first_step_evals: int = 5,
     start: str = "extrapolate",
     first: str = "chebyshev",
     second: str = "anderson",
     omega_max: float = 4.0,
     regularization: float = 1e-10,
 ) -> InversionResult:
-    """GNRI's fixed point at 2 network evaluations per step: Chebyshev-relaxed step, then a secant."""
+    """GNRI's fixed point at ``evals_per_step`` x N network calls: Chebyshev-relaxed step, then Anderson."""
     if start not in STARTS:
         raise ValueError(f"inverter gnri_2x: start must be one of {STARTS}, got {start!r}")
     if first not in FIRSTS:
         raise ValueError(f"inverter gnri_2x: first must be one of {FIRSTS}, got {first!r}")
     if second not in SECONDS:
         raise ValueError(f"inverter gnri_2x: second must be one of {SECONDS}, got {second!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"inverter gnri_2x: schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if not evals_per_step >= 1.0:
+        raise ValueError(f"inverter gnri_2x: evals_per_step must be >= 1, got {evals_per_step}")
+    if not (isinstance(first_step_evals, int) and first_step_evals >= 1):
+        raise ValueError(f"inverter gnri_2x: first_step_evals must be an integer >= 1, got {first_step_evals!r}")
     if not omega_max >= 1.0:
         raise ValueError(f"inverter gnri_2x: omega_max must be >= 1, got {omega_max}")
     if regularization < 0:
         raise ValueError(f"inverter gnri_2x: regularization must be >= 0, got {regularization}")
+    budget = evaluation_schedule(grid.num_steps, evals_per_step, first_step_evals, schedule)
     history: list[tuple[float, Prediction]] = []  # (sigma, last prediction) of the steps so far
+    done: list[int] = []  # one entry per step solved (the step's index into ``budget``)
 
     def solve(problem: StepProblem) -> tuple[Tensor, StepInfo]:
         z, info, pred = solve_step(
-            problem, first=first, second=second, omega_max=omega_max, regularization=regularization,
-            warm=warm_prediction(problem, history, start),
+            problem, evals=budget[len(done)], first=first, second=second, omega_max=omega_max,
+            regularization=regularization, warm=warm_prediction(problem, history, start),
         )
+        done.append(len(done))
         history[:] = (history + [(noise_scale(problem.z_level, problem.family), pred)])[-2:]
         return z, info
 
     result = invert_with(solve, denoiser, x0, grid, cond)
-    return replace(result, extras={"variant": "gnri_2x"})
+    return replace(result, extras={"variant": "gnri_2x", "evaluations": budget})
