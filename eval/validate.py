@@ -35,7 +35,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
         "plateau_patience", "numel")},
     **{name: (0, None, True) for name in (
         "lam", "eta", "tol", "regularization", "early_stop", "warmup_iters", "max_first_step_renoise_steps",
-        "plateau_threshold", "first_step_max_sigma")},
+        "plateau_threshold", "first_step_max_sigma", "first_step_tol")},
     **{name: (0, None, False) for name in ("lr", "step_size", "fd_step")},
     **{name: (0, 1, False) for name in ("damping", "mix_weight", "lr_decay", "plateau_factor")},
     "interp": (0, 1, True),

@@ -33,7 +33,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
         "lam": 0.0, "window": 3, "max_iters": 3, "tol": 1.0e-4, "regularization": 1.0e-10, "output": "z",
         "prior_mean": "auto", "prior_weight": "auto", "start": "x"}),
     "gnri_2x": ("gnri.methods.gnri_2x.invert", {
-        "evals_per_step": 2.0, "schedule": "front", "first_step_evals": 5, "start": "extrapolate", "first": "chebyshev", "second": "anderson", "omega_max": 4.0, "regularization": 1.0e-10}),
+        "evals_per_step": 2.0, "schedule": "front", "first_step_evals": 5, "first_step_tol": 0.1,
+        "start": "extrapolate", "first": "chebyshev", "second": "anderson", "omega_max": 4.0, "regularization": 1.0e-10}),
     "gnri_nk": ("gnri.methods.newton_krylov.invert", {
         "newton_iters": 1, "krylov_dim": 2, "tol": 1.0e-4, "jvp": "secant", "fd_step": None, "keep_best": False}),
     "gnri_official": ("gnri.methods.gnri_official.invert", {

@@ -114,11 +114,23 @@ def test_front_schedule_equals_the_transcription(family: str, per_step: float, f
     x0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
     want = by_hand(x0, grid, family, start="extrapolate", evals=want_evals)
     den = CountingDenoiser(Toy(family))
-    res = gnri_2x.invert(den, x0, grid, COND, evals_per_step=per_step, first_step_evals=first_step, regularization=0.0)
+    res = gnri_2x.invert(den, x0, grid, COND, evals_per_step=per_step, first_step_evals=first_step, regularization=0.0,
+                         first_step_tol=0.0)
     assert (den.counter.forward, den.counter.backward) == (sum(want_evals), 0)
     assert res.extras["evaluations"] == want_evals
     for got, exp in zip(res.trajectory, want):
         torch.testing.assert_close(got, exp, rtol=0, atol=1e-10)
+
+
+def test_a_converged_first_step_gives_its_evaluations_to_the_later_steps() -> None:
+    """On an affine problem the secant lands on the root after 2 evaluations, which the third one sees:
+    the first step stops there and the 2 planned beyond it go to the later steps (cleaner first), 2N in all."""
+    x0 = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(3), dtype=F64)
+    den, grid = CountingDenoiser(LinearEpsDenoiser(0.4)), vp_grid(4)
+    res = gnri_2x.invert(den, x0, grid, COND)
+    assert res.extras["evaluations"] == (3, 2, 2, 1) and den.counter.forward == 8
+    res = gnri_2x.invert(den, x0, grid, COND, first_step_tol=0.0)
+    assert res.extras["evaluations"] == (5, 1, 1, 1)
 
 
 @pytest.mark.parametrize("steps,per_step,first_step,schedule,want", [
@@ -150,7 +162,7 @@ def test_exact_when_the_jacobian_is_a_multiple_of_identity() -> None:
     """eps = g z makes f affine with J_f = c I: the secant lands on the root of every step given 2 or more."""
     x0 = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(3), dtype=F64)
     den, grid = LinearEpsDenoiser(0.4), vp_grid(4)
-    for options in ({"schedule": "uniform"}, {"evals_per_step": 3.0}):  # front: (5, 3, 2, 2); >= 2 per step
+    for options in ({"schedule": "uniform"}, {"evals_per_step": 3.0, "first_step_tol": 0.0}):  # (5, 3, 2, 2)
         res = gnri_2x.invert(den, x0, grid, COND, **options)
         assert step_residuals(den, res, grid, COND).max() < 1e-9
 
@@ -158,7 +170,7 @@ def test_exact_when_the_jacobian_is_a_multiple_of_identity() -> None:
 def test_bad_options_fail_with_one_line_errors() -> None:
     x0, den = torch.zeros(1, 4, dtype=F64), Toy("vp")
     for key, value in (("start", "zero"), ("first", "newton"), ("second", "broyden"), ("omega_max", 0.5),
-                       ("schedule", "back"), ("evals_per_step", 0.5), ("first_step_evals", 0),
+                       ("schedule", "back"), ("evals_per_step", 0.5), ("first_step_evals", 0), ("first_step_tol", -1.0),
                        ("regularization", -1.0)):
         with pytest.raises(ValueError, match=f"inverter gnri_2x: {key}"):
             gnri_2x.invert(den, x0, VP, COND, **{key: value})

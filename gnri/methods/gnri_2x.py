@@ -145,17 +145,22 @@ def evaluation_schedule(
     if schedule == "front" and num_steps > 1:
         share = math.ceil(total / num_steps)
         head = (min(max(first_step_evals, share), total - (num_steps - 1)),)
-    rest_steps, rest_total = num_steps - len(head), total - sum(head)
-    base, extra = divmod(rest_total, rest_steps)
-    return head + tuple(base + (1 if i < extra else 0) for i in range(rest_steps))
+    return head + spread(total - sum(head), num_steps - len(head))
+
+
+def spread(total: int, steps: int) -> tuple[int, ...]:
+    """``total`` evaluations over ``steps`` steps as evenly as possible, the extra ones to the cleaner steps."""
+    base, extra = divmod(total, steps)
+    return tuple(base + (1 if i < extra else 0) for i in range(steps))
 
 
 def solve_step(
     problem: StepProblem, *, evals: int, first: str, second: str, omega_max: float, regularization: float,
-    warm: Prediction | None,
+    warm: Prediction | None, min_evals: int | None = None, stop_ratio: float = 0.0,
 ) -> tuple[Tensor, StepInfo, Prediction]:
-    """One step with ``evals`` network calls: the latent, per-evaluation ``residual``/``step_size``,
-    and the last prediction."""
+    """One step with at most ``evals`` network calls: the latent, per-evaluation ``residual``/``step_size``
+    (``info.iters``: the calls made), and the last prediction. Past ``min_evals`` calls it stops once
+    the residual is at most ``stop_ratio`` times the step's first one (converged: the rest is saved)."""
     m = spectrum_floor(problem)
     if first == "chebyshev":
         omega = chebyshev_nodes(m, 2)[0] if evals >= 2 else chebyshev_nodes(m, 1)[0]
@@ -182,10 +187,13 @@ def solve_step(
                 z = f - combine([b - a for a, b in zip(fs, fs[1:])], gamma)
             else:
                 z = z + fixed[i] * rs[-1]
+            if i >= 1 and i + 1 >= (min_evals or evals) and bool(
+                    (per_sample_rms(rs[-1]) <= stop_ratio * per_sample_rms(rs[0])).all()):
+                break  # converged: the evaluations left go to the later steps
         zs.append(z)
     series = {"residual": tuple(per_sample_rms(r) for r in rs),
               "step_size": tuple(per_sample_rms(b - a) for a, b in zip(zs, zs[1:]))}
-    return z, StepInfo(iters=evals, series=series), pred
+    return z, StepInfo(iters=len(rs), series=series), pred
 
 
 def invert(
@@ -197,6 +205,7 @@ def invert(
     evals_per_step: float = 2.0,
     schedule: str = "front",
     first_step_evals: int = 5,
+    first_step_tol: float = 0.1,
     start: str = "extrapolate",
     first: str = "chebyshev",
     second: str = "anderson",
@@ -216,22 +225,29 @@ def invert(
         raise ValueError(f"inverter gnri_2x: evals_per_step must be >= 1, got {evals_per_step}")
     if not (isinstance(first_step_evals, int) and first_step_evals >= 1):
         raise ValueError(f"inverter gnri_2x: first_step_evals must be an integer >= 1, got {first_step_evals!r}")
+    if not first_step_tol >= 0:
+        raise ValueError(f"inverter gnri_2x: first_step_tol must be >= 0, got {first_step_tol}")
     if not omega_max >= 1.0:
         raise ValueError(f"inverter gnri_2x: omega_max must be >= 1, got {omega_max}")
     if regularization < 0:
         raise ValueError(f"inverter gnri_2x: regularization must be >= 0, got {regularization}")
-    budget = evaluation_schedule(grid.num_steps, evals_per_step, first_step_evals, schedule)
+    plan = list(evaluation_schedule(grid.num_steps, evals_per_step, first_step_evals, schedule))
+    share = math.ceil(sum(plan) / grid.num_steps)
     history: list[tuple[float, Prediction]] = []  # (sigma, last prediction) of the steps so far
-    done: list[int] = []  # one entry per step solved (the step's index into ``budget``)
+    used: list[int] = []  # the evaluations each step solved so far made
 
     def solve(problem: StepProblem) -> tuple[Tensor, StepInfo]:
+        i = len(used)
+        if i == 1 and used[0] < plan[0]:  # the first step converged early: its savings go to the rest
+            plan[1:] = spread(sum(plan) - used[0], len(plan) - 1)
         z, info, pred = solve_step(
-            problem, evals=budget[len(done)], first=first, second=second, omega_max=omega_max,
+            problem, evals=plan[i], first=first, second=second, omega_max=omega_max,
             regularization=regularization, warm=warm_prediction(problem, history, start),
+            min_evals=min(share, plan[i]) if i == 0 else None, stop_ratio=first_step_tol if i == 0 else 0.0,
         )
-        done.append(len(done))
+        used.append(info.iters)
         history[:] = (history + [(noise_scale(problem.z_level, problem.family), pred)])[-2:]
         return z, info
 
     result = invert_with(solve, denoiser, x0, grid, cond)
-    return replace(result, extras={"variant": "gnri_2x", "evaluations": budget})
+    return replace(result, extras={"variant": "gnri_2x", "evaluations": tuple(used)})
