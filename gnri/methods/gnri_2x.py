@@ -42,8 +42,14 @@ spectrum in ``[m, 1]`` with ``m = 1 - lambda_1`` known from the two levels alone
   error unattenuated. Every later step has ``m > 0``, a warm start from the trajectory and an
   error the sampler contracts. So the budget goes first to the first step:
   ``first_step_evals`` (default 5, at most what leaves one per later step), and the rest is
-  spread evenly over the others, the cleaner ones first. ``uniform`` spreads it evenly over
-  every step (``evals_per_step = 2``: exactly 2 each).
+  spread evenly over the others, the cleaner ones first. Where the first step converges anyway
+  (a DDIM grid whose cleanest level is barely noisy, a random network), the extra evaluations
+  would be wasted and the later steps starved; so past its even share the first step stops once
+  its residual is at most ``first_step_tol`` (0.1) times its first one, and what it saved is
+  spread over the later steps. In a batch it stops when every image has converged (as
+  ``gnri_aa``'s ``tol``). ``uniform`` spreads the budget evenly over every step
+  (``evals_per_step = 2``: exactly 2 each). ``result.extras["evaluations"]`` lists what each
+  step used.
 
 Warm start (``start``). ``previous``: ``z^0 = f(q_{t-1})`` with ``q_{t-1}`` the previous step's
 last prediction (made at level ``t-1``); ``f`` holds it fixed, so ``z^0`` is DDIM inversion with
@@ -60,10 +66,10 @@ least squares in float64 with the ridge ``regularization`` (``gnri.core.anderson
 
 Measured (``results/bench_gnri/gnri_2x.md``; 8 held-out world scenes, gap to the VAE ceiling,
 NFE = 2N): world UNet Euler 10 trailing 0.06 dB (2 per step uniformly: 0.83; gnri_aa warm 1.23),
-DDIM 10 leading 0.02, world flow model 4 steps 0.07 (0.14); Euler 4 trailing 1.13 dB (uniform
-1.46, gnri_aa warm 1.87, DDIM 9.97 at N), where the 0.5 dB bar is not met. At 1.5 per step:
-Euler 10 0.08, DDIM 10 0.04, flow 4 0.13, Euler 4 1.73. EDICT is exact (0.00) at 2N as a
-coupled pair with its own sampler.
+DDIM 10 leading 0.01 (the first step converges at 2: uniform), world flow model 4 steps 0.07
+(uniform 0.14); Euler 4 trailing 1.13 dB (uniform 1.46, gnri_aa warm 1.87, DDIM 9.97 at N), where
+the 0.5 dB bar is not met. At 1.5 per step: Euler 10 0.08, DDIM 10 0.02, flow 4 0.13, Euler 4
+1.73. EDICT is exact (0.00) at 2N as a coupled pair with its own sampler.
 """
 
 from __future__ import annotations
