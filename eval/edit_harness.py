@@ -52,6 +52,7 @@ dataset caption, with known noise seeded ``seed + index``; rows ``exact_noise_nm
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -68,7 +69,7 @@ from eval.distributed import Shard
 from eval.finite import check_finite
 from eval.cache import TensorCache
 from eval.harness import BrokenAdapter, cached_conditioning, cached_image, image_cache_key, is_adapter
-from eval.loop import run_units
+from eval.loop import Rows, run_units
 from eval.metrics.base import ImageMetric
 from eval.metrics.masked import (
     MaskedLPIPS, MaskedSSIM, masked_mse, masked_psnr, pie_lpips, pie_mse, pie_psnr, pie_ssim, region_image, to_8bit,
@@ -164,17 +165,8 @@ class _Task:
             Path(s.out_dir).mkdir(parents=True, exist_ok=True)
             write_provenance(Path(s.out_dir), self.info)
 
-    def _fallback(self) -> RunInfo:
-        s = self.settings
-        return RunInfo(
-            run_id=s.run_id or new_run_id(), model=s.model or "unknown", schedule=s.schedule_name or s.schedule.kind,
-            inverter=self.label, adapter="unknown", num_steps=0, guidance_scale=s.guidance_scale, seed=s.seed,
-            provenance=provenance("unknown", "unknown", self.params, asdict(s.schedule), s.config),
-            checkpoint=s.checkpoint.label if s.checkpoint is not None else "", true_cfg_scale=s.true_cfg_scale,
-        )
-
     def make_rows(self, unit: Unit, values: Mapping[str, Value], status: str = "ok", reason: str = "") -> list[dict[str, Any]]:
-        info = self.info if self.info is not None else self._fallback()
+        info = self.info if self.info is not None else self.settings.fallback_info(self.label, self.params)
         rows = []
         for name, higher in self.metrics.items():
             st, why, value = status, reason, math.nan
@@ -206,8 +198,12 @@ class _Task:
             on_rows: Callable[[pd.DataFrame], None] | None) -> pd.DataFrame:
         """Drive the plan (:func:`eval.loop.run_units`: resume, shards, one results.csv)."""
         units = plan_units(self.settings, dataset)
-        return run_units(self.settings, units, len(self.metrics), lambda u: self.rows(u, lambda: measure(u)),
-                         shard=self.shard, on_rows=on_rows, desc=desc)
+
+        def measure_units(batch: Sequence[Unit]) -> list[Rows]:
+            return [self.rows(unit, functools.partial(measure, unit)) for unit in batch]
+
+        return run_units(self.settings, units, len(self.metrics), measure_units, shard=self.shard, on_rows=on_rows,
+                         desc=desc)
 
 
 def _source(adapter: ModelAdapter, entry: Entry) -> Tensor:

@@ -4,7 +4,8 @@ Half precision overflows (float16's largest value is 65504; SDXL's VAE in float1
 case), and an overflow becomes inf, then NaN. A NaN or inf latent, or a decoded image with one,
 must not reach a metric: PSNR of a NaN image is NaN, and a clamped inf image is plain white.
 :func:`check_finite` raises :class:`NonFiniteError` (a RuntimeError, so the harnesses record the
-image as ``failed`` with the message) naming what was non-finite, how many values, and the dtype.
+image as ``failed`` with the message) naming what was non-finite, how many values, and the dtype;
+:func:`diverged_reason` is the short form for a method's own latents and their decoding.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ def nonfinite_reason(tensor: Tensor, what: str) -> str | None:
     dtype = str(tensor.dtype).removeprefix("torch.")
     return (f"non-finite values in the {what}: {nan} NaN, {inf} inf of {tensor.numel()} ({dtype}; "
             "a half-precision overflow or a diverging method)")
+
+
+def diverged_reason(tensor: Tensor, stage: str) -> str | None:
+    """``diverged: non-finite latent|image after <stage>`` if ``tensor`` has a NaN or inf, else None.
+
+    The short form the harness records for a method's own output (one reason for every image that
+    failed alike, so reports group them); :func:`nonfinite_reason` counts the values instead."""
+    if bool(torch.isfinite(tensor).all()):
+        return None
+    return f"diverged: non-finite {'image' if stage == 'decoding' else 'latent'} after {stage}"
 
 
 def check_finite(tensor: Tensor, what: str) -> Tensor:

@@ -50,7 +50,7 @@ import torch
 from eval.cache import TensorCache, conditioning_from_tensors, conditioning_to_tensors
 from eval.data import Entry
 from eval.distributed import Shard
-from eval.finite import check_finite
+from eval.finite import check_finite, diverged_reason
 from eval.loop import run_units
 from eval.machine import warn_if_loaded
 from eval.metrics.base import ImageMetric
@@ -246,9 +246,8 @@ def evaluate(
     run = _Run(settings, adapter, inverter, metrics, cache, shard)
     units = plan_units(settings, dataset)
     desc = f"{settings.model or 'model'}/{settings.schedule_name or settings.schedule.kind}/{settings.inverter}"
-    table = run_units(settings, units, run.expected_rows, functools.partial(_rows_for, run), shard=shard,
-                      on_rows=on_rows, desc=desc, stages=run.stages, batch_size=settings.batch_size,
-                      measure_batch=functools.partial(_rows_for_batch, run))
+    table = run_units(settings, units, run.expected_rows, functools.partial(_rows_for_batch, run), shard=shard,
+                      on_rows=on_rows, desc=desc, stages=run.stages, batch_size=settings.batch_size)
     if run.network is not None:
         warn_if_loaded("end of the timed work")
     return table
@@ -309,11 +308,6 @@ def _outcome_of(err: Exception, what: str) -> Outcome:
     return "failed", f"{type(err).__name__}: {_one_line(err)}", {}
 
 
-def _rows_for(run: _Run, unit: Unit) -> list[dict[str, Any]]:
-    """All rows of one unit (one image); every exception except KeyboardInterrupt becomes rows."""
-    return _rows_for_batch(run, [unit])[0]
-
-
 def _rows_for_batch(run: _Run, units: Sequence[Unit]) -> list[list[dict[str, Any]]]:
     """The rows of each unit of a batch (one image each), measured together where the method
     allows; every exception except KeyboardInterrupt becomes rows of the images it concerns."""
@@ -353,7 +347,8 @@ def _measure_entries(run: _Run, entries: Sequence[Entry]) -> list[Outcome]:
 def _unit_rows(run: _Run, unit: Unit, status: str, reason: str, values: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per expected metric of one image, with its status and reason."""
     entry = unit.entries[0]
-    info = run.info if run.info is not None else _fallback_info(run)
+    info = run.info if run.info is not None else run.settings.fallback_info(
+        run.settings.inverter, run.settings.inverter_params, run.batch_size)
     if status == "ok":  # an ok row's reason carries a warning about its input (e.g. a truncated caption)
         check = getattr(run.adapter, "prompt_warning", None)
         reason = entry.warning or (check(entry.caption) if callable(check) and entry.caption else None) or ""
@@ -372,18 +367,6 @@ def _unit_rows(run: _Run, unit: Unit, status: str, reason: str, values: dict[str
         rows.append(info.row(entry.image_id, entry.caption, name, value, row_status, row_reason,
                              better.get(name, True), unit.key))
     return rows
-
-
-def _fallback_info(run: _Run) -> RunInfo:
-    """Row columns when set-up itself raised (the model or a metric could not be built)."""
-    s = run.settings
-    return RunInfo(
-        run_id=s.run_id or new_run_id(), model=s.model or "unknown",
-        checkpoint=s.checkpoint.label if s.checkpoint is not None else "", schedule=s.schedule_name or s.schedule.kind,
-        inverter=s.inverter, adapter="unknown", num_steps=0, guidance_scale=s.guidance_scale, seed=s.seed,
-        provenance=provenance("unknown", "unknown", s.inverter_params, asdict(s.schedule), s.config),
-        batch_size=run.batch_size, true_cfg_scale=s.true_cfg_scale,
-    )
 
 
 def _one_line(err: BaseException) -> str:
@@ -491,8 +474,9 @@ def _stack(run: _Run, entries: Sequence[Entry], images: Sequence[_Image]) -> _Ba
 def _nonfinite(stages: Sequence[tuple[str, Tensor]], j: int) -> str | None:
     """Why image ``j`` of a batch diverged (the first stage with a non-finite value), or None."""
     for stage, tensor in stages:
-        if not bool(torch.isfinite(tensor[j]).all()):
-            return f"diverged: non-finite {'image' if stage == 'decoding' else 'latent'} after {stage}"
+        why = diverged_reason(tensor[j], stage)
+        if why is not None:
+            return why
     return None
 
 
@@ -533,8 +517,8 @@ def _measure(run: _Run, entries: Sequence[Entry], images: Sequence[_Image]) -> l
     nfe_forward, nfe_backward = counting.counter.forward, counting.counter.backward
     if clock is not None and clock.compiles != compiles:
         log.warning("a recompile ran inside the timed inversion of %s: raise warmup", entries[0].image_id)
-    if not bool(torch.isfinite(result.z).any()):
-        _check_finite(result.z, "inversion")  # nothing to reconstruct from
+    if not bool(torch.isfinite(result.z).any()):  # nothing to reconstruct from
+        raise _Fail(diverged_reason(result.z, "inversion") or "")
 
     def reconstruct_once() -> Tensor:
         counting.counter.reset()
@@ -627,11 +611,6 @@ def _overhead(network: NetworkTimes | None, invert_s: float, nfe_forward: int, n
 def _reconstruct(denoiser: Any, result: InversionResult, grid: Grid, cond: Conditioning) -> Tensor:
     with torch.no_grad():
         return reconstruct(denoiser, result, grid, cond)
-
-
-def _check_finite(z: Tensor, stage: str) -> None:
-    if not bool(torch.isfinite(z).all()):
-        raise _Fail(f"diverged: non-finite {'image' if stage == 'decoding' else 'latent'} after {stage}")
 
 
 def _metric_value(run: _Run, metric: ImageMetric, decoded: Tensor, pixels: Tensor, caption: str,

@@ -1,14 +1,13 @@
 """The one driver every task's loop runs on: plan -> resume -> shard -> measure -> gather.
 
-:func:`run_units` takes the plan (:func:`eval.units.plan_units`) and a ``measure(unit) -> rows``
-callable (which builds the model lazily, on its first call), and:
+:func:`run_units` takes the plan (:func:`eval.units.plan_units`) and a ``measure(units) -> rows
+of each unit`` callable (which builds the model lazily, on its first call), and:
 
 1. opens the run folder's store (:class:`eval.store.ResultsStore`): finished units are found by
    their content key and skipped, and ``resumed K of N units`` is logged;
 2. takes this process's block of the units (:class:`eval.distributed.Shard`);
-3. measures each remaining unit and records its rows at once (a kill loses at most that unit);
-   with ``batch_size`` > 1, ``measure_batch`` measures consecutive remaining units together and
-   each unit's rows are recorded as the batch ends (a kill loses at most that batch);
+3. measures the remaining units in batches of ``batch_size`` consecutive ones (default 1) and
+   records each unit's rows as its batch ends (a kill loses at most that batch);
    a logger gets each unit's rows (a logger that fails never stops the run);
 4. waits for every rank; rank 0 writes the one ``results.csv`` in plan order and returns it.
 
@@ -42,20 +41,19 @@ def run_units(
     settings: RunSettings,
     units: Sequence[Unit],
     rows_per_unit: int,
-    measure: Callable[[Unit], Rows],
+    measure: Callable[[Sequence[Unit]], list[Rows]],
     *,
     shard: Shard | None = None,
     on_rows: Callable[[pd.DataFrame], None] | None = None,
     desc: str = "",
     stages: Mapping[str, float] | None = None,
     batch_size: int = 1,
-    measure_batch: Callable[[Sequence[Unit]], list[Rows]] | None = None,
 ) -> pd.DataFrame:
     """Measure the plan's unfinished units of this rank; the whole table (rank 0) or this rank's rows.
 
     ``stages`` is a live mapping of stage name -> seconds the caller accumulates (written to
-    ``timings.json``). ``measure_batch(units) -> rows of each unit`` is used for batches of
-    ``batch_size`` units (the last may be smaller); without it units are measured one by one.
+    ``timings.json``). ``measure(units) -> rows of each unit`` gets batches of ``batch_size``
+    consecutive remaining units (the last may be smaller).
     """
     shard = shard or Shard()
     start = time.perf_counter()
@@ -67,11 +65,11 @@ def run_units(
     if settings.out_dir is not None:
         where = f"rank {shard.rank}/{shard.world_size}: " if shard.world_size > 1 else ""
         log.info("%sresumed %d of %d units; %d to run here", where, resumed, len(units), len(todo))
-    size = batch_size if measure_batch is not None else 1
+    size = max(1, batch_size)
     with tqdm(total=len(todo), desc=desc, disable=not settings.progress, unit="img") as bar:
         for start_at in range(0, len(todo), size):
             batch = todo[start_at:start_at + size]
-            measured = measure_batch(batch) if measure_batch is not None and size > 1 else [measure(u) for u in batch]
+            measured = measure(batch)
             for unit, rows in zip(batch, measured):
                 store.append(rows)
                 if on_rows is not None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from eval.identity import Checkpoint
-from eval.records import to_json
+from eval.records import RunInfo, new_run_id, provenance, to_json
 from gnri.models.base import ScheduleSpec
 
 TASKS = ("reconstruct", "edit", "exact", "interpolate")
@@ -102,6 +102,17 @@ class RunSettings:
         if float(self.true_cfg_scale) != 1.0:
             options["true_cfg_scale"] = float(self.true_cfg_scale)
         return options
+
+    def fallback_info(self, inverter: str, params: Mapping[str, Any], batch_size: int = 1) -> RunInfo:
+        """Row columns when set-up itself raised (the model or a metric could not be built)."""
+        return RunInfo(
+            run_id=self.run_id or new_run_id(), model=self.model or "unknown",
+            checkpoint=self.checkpoint.label if self.checkpoint is not None else "",
+            schedule=self.schedule_name or self.schedule.kind, inverter=inverter, adapter="unknown", num_steps=0,
+            guidance_scale=self.guidance_scale, seed=self.seed,
+            provenance=provenance("unknown", "unknown", params, asdict(self.schedule), self.config),
+            batch_size=batch_size, true_cfg_scale=self.true_cfg_scale,
+        )
 
 
 def digest(data: Any) -> str:
