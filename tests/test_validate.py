@@ -47,6 +47,17 @@ def test_bad_inverter_options_are_one_line(override: str, message: str) -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "inverter").glob("*.yaml")))
+def test_every_word_option_is_checked_before_loading(name: str) -> None:
+    """A string option is a choice (its annotation a ``Literal``), so a misspelt value stops the run
+    with one line before the model loads, instead of becoming a row per image at run time."""
+    cfg = _compose([f"inverter={name}"])
+    for key, value in _params(cfg.inverter).items():
+        if isinstance(value, str):
+            with pytest.raises(validate.ConfigError, match=f"inverter.{key}='not-a-choice' must be one of"):
+                validate.check_inverter(name, cfg.inverter._target_, {key: "not-a-choice"})
+
+
 def test_literal_choices_and_fractions() -> None:
     with pytest.raises(validate.ConfigError, match="one of 'dst', 'src'"):
         validate.check_inverter("ddim", "baselines.ddim.invert", {"timestep": "middle"})

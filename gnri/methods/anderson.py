@@ -42,6 +42,7 @@ flow model, 4 / 8 steps: 0.07 / -0.01 dB (fixed point 0.08 / -0.02). At 2 forwar
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 import torch
 
@@ -124,10 +125,10 @@ def invert(
     max_iters: int = 3,
     tol: float = 1e-4,
     regularization: float = 1e-10,
-    output: str = "z",
-    prior_mean: str = "auto",
-    prior_weight: str = "auto",
-    start: str = "x",
+    output: Literal["z", "g"] = "z",
+    prior_mean: Literal["auto", "transition", "identity"] = "auto",
+    prior_weight: Literal["auto", "inv_beta", "one"] = "auto",
+    start: Literal["x", "previous"] = "x",
 ) -> InversionResult:
     """Anderson-accelerated (optionally guided) GNRI fixed point over ``grid``.
 

@@ -58,6 +58,7 @@ division by default; ``keep_best`` and ``output='f'`` come from the public code;
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 import torch
 
@@ -171,14 +172,14 @@ def invert(
     lam: float = 0.1,
     max_iters: int = 2,
     tol: float = 1e-4,
-    step_rule: str = "min_norm",
+    step_rule: Literal["min_norm", "elementwise"] = "min_norm",
     eta: float = 1e-3,
-    prior_norm: str = "l2",
-    prior_mean: str = "auto",
-    prior_weight: str = "auto",
-    start: str = "previous",
+    prior_norm: Literal["l2", "l2_squared"] = "l2",
+    prior_mean: Literal["auto", "transition", "identity"] = "auto",
+    prior_weight: Literal["auto", "inv_beta", "one"] = "auto",
+    start: Literal["previous", "prior_mean"] = "previous",
     keep_best: bool = True,
-    output: str = "f",
+    output: Literal["z", "f"] = "f",
 ) -> InversionResult:
     """GNRI (paper variant) over ``grid``; options as in the module docstring."""
     if step_rule not in STEP_RULES:

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Literal
 
 import torch
 
@@ -209,12 +210,12 @@ def invert(
     cond: Conditioning,
     *,
     evals_per_step: float = 2.0,
-    schedule: str = "front",
+    schedule: Literal["front", "uniform"] = "front",
     first_step_evals: int = 5,
     first_step_tol: float = 0.1,
-    start: str = "extrapolate",
-    first: str = "chebyshev",
-    second: str = "anderson",
+    start: Literal["previous", "extrapolate", "x"] = "extrapolate",
+    first: Literal["chebyshev", "sigma", "fixed_point"] = "chebyshev",
+    second: Literal["anderson", "chebyshev"] = "anderson",
     omega_max: float = 4.0,
     regularization: float = 1e-10,
 ) -> InversionResult:

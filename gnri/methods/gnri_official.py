@@ -68,6 +68,7 @@ passes (the code samples the VAE posterior; the harness uses its mode).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 import torch
 
@@ -143,7 +144,7 @@ def invert(
     *,
     lam: float = 0.1,
     n_iters: int = 2,
-    coordinates: str = "grid",
+    coordinates: Literal["grid", "scheduler", "latent"] = "grid",
     numel: int | None = None,
 ) -> InversionResult:
     """The public code's GNRI sign step over ``grid``; ``x0`` (the clean latent) anchors the prior."""

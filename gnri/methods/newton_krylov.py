@@ -26,6 +26,7 @@ and won. Kept as a labelled variant.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 import torch
 
@@ -123,7 +124,7 @@ def invert(
     newton_iters: int = 1,
     krylov_dim: int = 2,
     tol: float = 1e-4,
-    jvp: str = "secant",
+    jvp: Literal["secant", "tangent"] = "secant",
     fd_step: float | None = None,
     keep_best: bool = False,
 ) -> InversionResult:
