@@ -174,3 +174,33 @@ def test_bad_options_fail_with_one_line_errors() -> None:
                        ("regularization", -1.0)):
         with pytest.raises(ValueError, match=f"inverter gnri_2x: {key}"):
             gnri_2x.invert(den, x0, VP, COND, **{key: value})
+
+
+class Saturating:
+    """``x0hat = 0.9 tanh(z / a)``: nearly linear for small latents (the first step converges at
+    once), flat for latents near its range's edge (it does not)."""
+
+    def forwards_per_call(self, cond: Conditioning) -> int:
+        return 1
+
+    def __call__(self, z: Tensor, level: Level, cond: Conditioning) -> Prediction:
+        x0 = 0.9 * torch.tanh(z / level.a)
+        return Prediction(x0, (z - level.a * x0) / level.s)
+
+
+def test_each_image_of_a_batch_gets_the_budget_it_gets_alone() -> None:
+    """A batch of an easy and a hard image (from the clean level): the easy one stops its first
+    step at its even share, the hard one spends 4; each equals its own single-image run."""
+    gen = torch.Generator().manual_seed(5)
+    x0 = torch.cat([1e-3 * torch.randn(1, 4, 4, 4, generator=gen, dtype=F64),
+                    (3.0 * torch.randn(1, 4, 4, 4, generator=gen, dtype=F64)).clamp(-0.85, 0.85)])
+    den = Saturating()
+    grid = Grid((Level(0.0, 1.0, 0.0), _vp(0.6, 250.0), _vp(0.3, 500.0), _vp(0.1, 750.0), _vp(0.02, 999.0)))
+    batch = gnri_2x.invert(den, x0, grid, COND)
+    singles = [gnri_2x.invert(den, x0[j:j + 1], grid, COND) for j in range(2)]
+    assert [tuple(s.extras["evaluations_per_image"][0].tolist()) for s in singles] == [(2, 2, 2, 2), (4, 2, 1, 1)]
+    assert torch.equal(batch.extras["evaluations_per_image"], torch.cat([s.extras["evaluations_per_image"] for s in singles]))
+    assert batch.extras["evaluations"] == (4, 2, 2, 2)  # the batch's calls: the most any image makes
+    for step in range(grid.num_steps + 1):
+        torch.testing.assert_close(batch.trajectory[step], torch.cat([s.trajectory[step] for s in singles]),
+                                   rtol=0, atol=1e-12)

@@ -46,10 +46,11 @@ spectrum in ``[m, 1]`` with ``m = 1 - lambda_1`` known from the two levels alone
   (a DDIM grid whose cleanest level is barely noisy, a random network), the extra evaluations
   would be wasted and the later steps starved; so past its even share the first step stops once
   its residual is at most ``first_step_tol`` (0.1) times its first one, and what it saved is
-  spread over the later steps. In a batch it stops when every image has converged (as
-  ``gnri_aa``'s ``tol``). ``uniform`` spreads the budget evenly over every step
-  (``evals_per_step = 2``: exactly 2 each). ``result.extras["evaluations"]`` lists what each
-  step used.
+  spread over the later steps. Budgets are per image: in a batch an image that has stopped
+  keeps its latent while the others go on, so each image gets what it gets alone (the batch
+  makes the most calls any of its images makes). ``uniform`` spreads the budget evenly over
+  every step (``evals_per_step = 2``: exactly 2 each). ``result.extras``: ``evaluations`` (the
+  batch's calls per step) and ``evaluations_per_image`` ((B, N)).
 
 Warm start (``start``). ``previous``: ``z^0 = f(q_{t-1})`` with ``q_{t-1}`` the previous step's
 last prediction (made at level ``t-1``); ``f`` holds it fixed, so ``z^0`` is DDIM inversion with
@@ -161,27 +162,44 @@ def spread(total: int, steps: int) -> tuple[int, ...]:
     return tuple(base + (1 if i < extra else 0) for i in range(steps))
 
 
+def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """Per-sample ``new`` where ``mask`` (B,) holds, else ``old``."""
+    return torch.where(mask.view(-1, *([1] * (new.ndim - 1))), new, old)
+
+
 def solve_step(
-    problem: StepProblem, *, evals: int, first: str, second: str, omega_max: float, regularization: float,
-    warm: Prediction | None, min_evals: int | None = None, stop_ratio: float = 0.0,
-) -> tuple[Tensor, StepInfo, Prediction]:
-    """One step with at most ``evals`` network calls: the latent, per-evaluation ``residual``/``step_size``
-    (``info.iters``: the calls made), and the last prediction. Past ``min_evals`` calls it stops once
-    the residual is at most ``stop_ratio`` times the step's first one (converged: the rest is saved)."""
+    problem: StepProblem, *, evals: Tensor, first: str, second: str, omega_max: float, regularization: float,
+    warm: Prediction | None, min_evals: Tensor | None = None, stop_ratio: float = 0.0,
+) -> tuple[Tensor, StepInfo, Prediction, Tensor]:
+    """One step with at most ``evals[j]`` network calls for image ``j`` (a (B,) integer tensor).
+
+    Returns the latent, per-call ``residual``/``step_size`` (NaN for an image past its own calls;
+    ``info.iters``: the batch's calls), each image's last prediction and its calls (B,). Past
+    ``min_evals[j]`` calls image ``j`` stops once its residual is at most ``stop_ratio`` times its
+    first one (converged). An image that has stopped keeps its latent and prediction while the
+    batch goes on, so every image's result is the one it gets alone.
+    """
     m = spectrum_floor(problem)
-    if first == "chebyshev":
-        omega = chebyshev_nodes(m, 2)[0] if evals >= 2 else chebyshev_nodes(m, 1)[0]
-    elif first == "sigma":
-        omega = min(1.0 / m, omega_max) if m > 0 else omega_max
+    calls = int(evals.max())
+    if first == "chebyshev":  # the smaller degree-2 node, or the degree-1 node for a single call
+        choices = [chebyshev_nodes(m, 2)[0] if int(k) >= 2 else chebyshev_nodes(m, 1)[0] for k in evals]
     else:
-        omega = 1.0
-    fixed = chebyshev_nodes(m, evals)
+        choices = [(min(1.0 / m, omega_max) if m > 0 else omega_max) if first == "sigma" else 1.0] * len(evals)
+    omega = torch.tensor(choices, dtype=problem.x.dtype, device=problem.x.device).view(-1, *([1] * (problem.x.ndim - 1)))
+    fixed = chebyshev_nodes(m, calls)
+    min_evals = evals if min_evals is None else min_evals
     zs: list[Tensor] = []
     fs: list[Tensor] = []
     rs: list[Tensor] = []
+    nan = torch.full_like(evals, math.nan, dtype=torch.float32)
+    res_series: list[Tensor] = []
+    step_series: list[Tensor] = []
+    active = evals > 0
+    used = torch.zeros_like(evals)
     with torch.no_grad():
         z = problem.x if warm is None else problem.implicit_map(warm)
-        for i in range(evals):
+        out, kept = z, warm
+        for i in range(calls):
             pred = problem.predict(z)
             f = problem.implicit_map(pred)
             zs.append(z)
@@ -194,13 +212,21 @@ def solve_step(
                 z = f - combine([b - a for a, b in zip(fs, fs[1:])], gamma)
             else:
                 z = z + fixed[i] * rs[-1]
-            if i >= 1 and i + 1 >= (min_evals or evals) and bool(
-                    (per_sample_rms(rs[-1]) <= stop_ratio * per_sample_rms(rs[0])).all()):
-                break  # converged: the evaluations left go to the later steps
-        zs.append(z)
-    series = {"residual": tuple(per_sample_rms(r) for r in rs),
-              "step_size": tuple(per_sample_rms(b - a) for a, b in zip(zs, zs[1:]))}
-    return z, StepInfo(iters=len(rs), series=series), pred
+            on = active.to(z.device)
+            out = _where(on, z, out)
+            kept = Prediction(_where(on, pred.x0, kept.x0), _where(on, pred.eps, kept.eps)) if kept is not None else pred
+            rms = per_sample_rms(rs[-1])
+            res_series.append(torch.where(active, rms.float().cpu(), nan))
+            step_series.append(torch.where(active, per_sample_rms(z - zs[-1]).float().cpu(), nan))
+            used = used + active.long()
+            converged = (per_sample_rms(rs[-1]) <= stop_ratio * per_sample_rms(rs[0])).cpu()
+            done = (used >= evals) | ((i >= 1) & (used >= min_evals) & converged)
+            active = active & ~done
+            if not bool(active.any()):
+                break
+    series = {"residual": tuple(res_series), "step_size": tuple(step_series)}
+    assert kept is not None  # at least one call was made
+    return out, StepInfo(iters=len(rs), series=series), kept, used
 
 
 def invert(
@@ -238,23 +264,28 @@ def invert(
         raise ValueError(f"inverter gnri_2x: omega_max must be >= 1, got {omega_max}")
     if regularization < 0:
         raise ValueError(f"inverter gnri_2x: regularization must be >= 0, got {regularization}")
-    plan = list(evaluation_schedule(grid.num_steps, evals_per_step, first_step_evals, schedule))
-    share = math.ceil(sum(plan) / grid.num_steps)
+    plan = evaluation_schedule(grid.num_steps, evals_per_step, first_step_evals, schedule)
+    total, share = sum(plan), math.ceil(sum(plan) / grid.num_steps)
     history: list[tuple[float, Prediction]] = []  # (sigma, last prediction) of the steps so far
-    used: list[int] = []  # the evaluations each step solved so far made
+    used: list[Tensor] = []  # each step's calls per image (B,)
 
     def solve(problem: StepProblem) -> tuple[Tensor, StepInfo]:
-        i = len(used)
-        if i == 1 and used[0] < plan[0]:  # the first step converged early: its savings go to the rest
-            plan[1:] = spread(sum(plan) - used[0], len(plan) - 1)
-        z, info, pred = solve_step(
-            problem, evals=plan[i], first=first, second=second, omega_max=omega_max,
-            regularization=regularization, warm=warm_prediction(problem, history, start),
-            min_evals=min(share, plan[i]) if i == 0 else None, stop_ratio=first_step_tol if i == 0 else 0.0,
+        i, batch = len(used), problem.x.shape[0]
+        if i == 0:
+            evals = torch.full((batch,), plan[0], dtype=torch.long)
+            floor = torch.full_like(evals, min(share, plan[0]))
+        else:  # what the first step saved goes to the later steps, image by image
+            evals = torch.tensor([spread(total - int(c), len(plan) - 1)[i - 1] for c in used[0]], dtype=torch.long)
+            floor = None
+        z, info, pred, calls = solve_step(
+            problem, evals=evals, first=first, second=second, omega_max=omega_max, regularization=regularization,
+            warm=warm_prediction(problem, history, start), min_evals=floor, stop_ratio=first_step_tol if i == 0 else 0.0,
         )
-        used.append(info.iters)
+        used.append(calls)
         history[:] = (history + [(noise_scale(problem.z_level, problem.family), pred)])[-2:]
         return z, info
 
     result = invert_with(solve, denoiser, x0, grid, cond)
-    return replace(result, extras={"variant": "gnri_2x", "evaluations": tuple(used)})
+    per_image = torch.stack(used, dim=1)  # (B, N)
+    return replace(result, extras={"variant": "gnri_2x", "evaluations": tuple(s.iters for s in result.steps),
+                                   "evaluations_per_image": per_image})
