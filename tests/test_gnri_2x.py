@@ -204,3 +204,21 @@ def test_each_image_of_a_batch_gets_the_budget_it_gets_alone() -> None:
     for step in range(grid.num_steps + 1):
         torch.testing.assert_close(batch.trajectory[step], torch.cat([s.trajectory[step] for s in singles]),
                                    rtol=0, atol=1e-12)
+
+
+def test_gnri_aa_tol_is_per_image_in_a_batch() -> None:
+    """gnri_aa's ``tol``: the image that reaches it keeps its evaluated latent while the other
+    iterates on; the batch equals each image alone (it used to iterate both until both converged)."""
+    from gnri.methods import anderson
+
+    gen = torch.Generator().manual_seed(5)
+    x0 = torch.cat([1e-3 * torch.randn(1, 4, 4, 4, generator=gen, dtype=F64),
+                    (3.0 * torch.randn(1, 4, 4, 4, generator=gen, dtype=F64)).clamp(-0.85, 0.85)])
+    grid = Grid((Level(0.0, 1.0, 0.0), _vp(0.6, 250.0), _vp(0.3, 500.0)))
+    options = {"tol": 1e-6, "max_iters": 6}
+    batch = anderson.invert(Saturating(), x0, grid, COND, **options)
+    singles = [anderson.invert(Saturating(), x0[j:j + 1], grid, COND, **options) for j in range(2)]
+    assert singles[0].steps[0].iters < singles[1].steps[0].iters  # the easy one stops first
+    for step in range(grid.num_steps + 1):
+        torch.testing.assert_close(batch.trajectory[step], torch.cat([s.trajectory[step] for s in singles]),
+                                   rtol=0, atol=1e-12)

@@ -14,8 +14,9 @@ squared-norm prior ``w_t ||z - mu_t||^2 / 2`` (``lam = 0``, the default: the roo
 plain Anderson on GNRI's residual). One network forward per iteration, no backward: a step
 costs ``max_iters`` forwards and returns the extrapolated ``z_{max_iters}`` (unevaluated), or
 the last ``G`` with ``output='g'``. The least squares is per sample, in float64 with a
-relative ridge ``regularization`` on the Gram matrix. ``tol`` stops when every sample's RMS
-of ``z - f(z)`` is at most ``tol`` and returns the evaluated ``G``.
+relative ridge ``regularization`` on the Gram matrix. ``tol``: a sample whose RMS of
+``z - f(z)`` is at most ``tol`` returns that evaluated ``G`` (its later series entries are NaN);
+the step ends when every sample has, so each image of a batch gets what it gets alone.
 
 Against ``baselines.anderson`` (AIDI-A, Pan et al. 2023): the same Anderson update on the same
 map; with ``output='g'`` and ``lam = 0`` the two give identical latents for eps- and
@@ -92,16 +93,26 @@ def solve_step(
     dG: list[Tensor] = []
     F_prev = G_prev = None
     residual, step_size = [], []
+    done = torch.zeros(problem.x.shape[0], dtype=torch.bool, device=problem.x.device)
+    out: Tensor | None = None  # the evaluated G of each image that has reached tol
+    kept: Prediction | None = None  # and the prediction it came from
     with torch.no_grad():
         for k in range(max_iters):
             pred = problem.predict(z)
             res = problem.fixed_point_residual(z, pred)
             rms = per_sample_rms(res)
-            residual.append(rms)
+            residual.append(torch.where(done, torch.nan, rms))
             G = (z - res + kappa * mu) / (1.0 + kappa)
             F = G - z
-            if bool((rms <= tol).all()):
-                return G, StepInfo(iters=k + 1, series={"residual": tuple(residual), "step_size": tuple(step_size)}), pred
+            newly = (rms <= tol) & ~done
+            if bool(newly.any()):
+                out = G if out is None else torch.where(_rows(newly, G), G, out)
+                kept = pred if kept is None else Prediction(torch.where(_rows(newly, G), pred.x0, kept.x0),
+                                                            torch.where(_rows(newly, G), pred.eps, kept.eps))
+                done = done | newly
+            if bool(done.all()):
+                assert out is not None and kept is not None
+                return out, StepInfo(iters=k + 1, series={"residual": tuple(residual), "step_size": tuple(step_size)}), kept
             if F_prev is not None and G_prev is not None:
                 dF, dG = (dF + [F - F_prev])[-window:], (dG + [G - G_prev])[-window:]
             z_next = G
@@ -109,8 +120,11 @@ def solve_step(
                 z_next = G - combine(dG, mixing_coefficients(dF, F, regularization))
             if k == max_iters - 1 and output == "g":
                 z_next = G
-            step_size.append(per_sample_rms(z_next - z))
+            step_size.append(torch.where(done, torch.nan, per_sample_rms(z_next - z)))
             F_prev, G_prev, z = F, G, z_next
+    if out is not None and kept is not None and pred is not None:  # some images stopped at tol
+        z = torch.where(_rows(done, z), out, z)
+        pred = Prediction(torch.where(_rows(done, z), kept.x0, pred.x0), torch.where(_rows(done, z), kept.eps, pred.eps))
     return z, StepInfo(iters=max_iters, series={"residual": tuple(residual), "step_size": tuple(step_size)}), pred
 
 
