@@ -186,7 +186,7 @@ def solve_step(
     else:
         choices = [(min(1.0 / m, omega_max) if m > 0 else omega_max) if first == "sigma" else 1.0] * len(evals)
     omega = torch.tensor(choices, dtype=problem.x.dtype, device=problem.x.device).view(-1, *([1] * (problem.x.ndim - 1)))
-    fixed = chebyshev_nodes(m, calls)
+    fixed = [chebyshev_nodes(m, int(k)) for k in evals]  # second='chebyshev': each image's own degree
     min_evals = evals if min_evals is None else min_evals
     zs: list[Tensor] = []
     fs: list[Tensor] = []
@@ -211,7 +211,8 @@ def solve_step(
                 gamma = mixing_coefficients([b - a for a, b in zip(rs, rs[1:])], rs[-1], regularization)
                 z = f - combine([b - a for a, b in zip(fs, fs[1:])], gamma)
             else:
-                z = z + fixed[i] * rs[-1]
+                node = torch.tensor([w[i] if i < len(w) else 0.0 for w in fixed], dtype=z.dtype, device=z.device)
+                z = z + node.view(-1, *([1] * (z.ndim - 1))) * rs[-1]
             on = active.to(z.device)
             out = _where(on, z, out)
             kept = Prediction(_where(on, pred.x0, kept.x0), _where(on, pred.eps, kept.eps)) if kept is not None else pred
