@@ -152,7 +152,7 @@ def test_evaluation_schedule(steps: int, per_step: float, first_step: int, sched
 @pytest.mark.parametrize("m", [0.0, 0.2, 0.7])
 def test_chebyshev_pair_equioscillates_on_the_interval(m: float) -> None:
     """p(mu) = (1 - w1 mu)(1 - w2 mu) has p(0) = 1 and |p| equal at m, 1 and its interior extremum."""
-    w1, w2 = gnri_2x.chebyshev_relaxations(m)
+    w1, w2 = gnri_2x.chebyshev_nodes(m, 2)
     p = lambda mu: (1 - w1 * mu) * (1 - w2 * mu)  # noqa: E731
     inner = (w1 + w2) / (2 * w1 * w2)
     assert w1 < w2 and math.isclose(p(m), p(1.0), rel_tol=1e-12) and math.isclose(p(inner), -p(m), rel_tol=1e-12)

@@ -60,10 +60,11 @@ from gnri.core import (
 )
 from gnri.core.anderson import combine, mixing_coefficients
 from gnri.core.step import per_sample_rms
-from gnri.methods.prior import GuidancePrior, guidance_prior
+from gnri.methods.options import check_choice
+from gnri.methods.prior import GuidancePrior, PriorMean, PriorWeight, guidance_prior
 
-OUTPUTS = ("z", "g")
-STARTS = ("x", "previous")
+Output = Literal["z", "g"]
+Start = Literal["x", "previous"]
 
 
 def _rows(v: Tensor, like: Tensor) -> Tensor:
@@ -139,24 +140,22 @@ def invert(
     max_iters: int = 3,
     tol: float = 1e-4,
     regularization: float = 1e-10,
-    output: Literal["z", "g"] = "z",
-    prior_mean: Literal["auto", "transition", "identity"] = "auto",
-    prior_weight: Literal["auto", "inv_beta", "one"] = "auto",
-    start: Literal["x", "previous"] = "x",
+    output: Output = "z",
+    prior_mean: PriorMean = "auto",
+    prior_weight: PriorWeight = "auto",
+    start: Start = "x",
 ) -> InversionResult:
     """Anderson-accelerated (optionally guided) GNRI fixed point over ``grid``.
 
     ``start``: ``x`` (each step's first iterate is ``x``, the explicit DDIM guess) or ``previous``
     (from the second step on, the first iterate is ``f`` of the previous step's last prediction,
     which costs no network call, so ``max_iters`` forwards buy one more useful iteration)."""
-    if output not in OUTPUTS:
-        raise ValueError(f"inverter gnri_aa: output must be one of {OUTPUTS}, got {output!r}")
+    check_choice("inverter gnri_aa", "output", output, Output)
     if window < 1 or max_iters < 1:
         raise ValueError(f"inverter gnri_aa: window and max_iters must be >= 1, got {window}, {max_iters}")
     if lam < 0 or tol < 0 or regularization < 0:
         raise ValueError(f"inverter gnri_aa: lam, tol, regularization must be >= 0, got {lam}, {tol}, {regularization}")
-    if start not in STARTS:
-        raise ValueError(f"inverter gnri_aa: start must be one of {STARTS}, got {start!r}")
+    check_choice("inverter gnri_aa", "start", start, Start)
     last: list[Prediction | None] = [None]  # the previous step's last prediction (start='previous')
 
     def solve(problem: StepProblem) -> tuple[Tensor, StepInfo]:

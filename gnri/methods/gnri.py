@@ -64,12 +64,13 @@ import torch
 
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, StepInfo, StepProblem, Tensor, invert_with
 from gnri.core.step import per_sample_rms
-from gnri.methods.prior import GuidancePrior, guidance_prior
+from gnri.methods.options import check_choice
+from gnri.methods.prior import GuidancePrior, PriorMean, PriorWeight, guidance_prior
 
-STEP_RULES = ("min_norm", "elementwise")
-PRIOR_NORMS = ("l2", "l2_squared")
-STARTS = ("previous", "prior_mean")
-OUTPUTS = ("z", "f")
+StepRule = Literal["min_norm", "elementwise"]
+PriorNorm = Literal["l2", "l2_squared"]
+Start = Literal["previous", "prior_mean"]
+Output = Literal["z", "f"]
 
 
 def _rows(v: Tensor, like: Tensor) -> Tensor:
@@ -172,24 +173,19 @@ def invert(
     lam: float = 0.1,
     max_iters: int = 2,
     tol: float = 1e-4,
-    step_rule: Literal["min_norm", "elementwise"] = "min_norm",
+    step_rule: StepRule = "min_norm",
     eta: float = 1e-3,
-    prior_norm: Literal["l2", "l2_squared"] = "l2",
-    prior_mean: Literal["auto", "transition", "identity"] = "auto",
-    prior_weight: Literal["auto", "inv_beta", "one"] = "auto",
-    start: Literal["previous", "prior_mean"] = "previous",
+    prior_norm: PriorNorm = "l2",
+    prior_mean: PriorMean = "auto",
+    prior_weight: PriorWeight = "auto",
+    start: Start = "previous",
     keep_best: bool = True,
-    output: Literal["z", "f"] = "f",
+    output: Output = "f",
 ) -> InversionResult:
     """GNRI (paper variant) over ``grid``; options as in the module docstring."""
-    if step_rule not in STEP_RULES:
-        raise ValueError(f"inverter gnri: step_rule must be one of {STEP_RULES}, got {step_rule!r}")
-    if prior_norm not in PRIOR_NORMS:
-        raise ValueError(f"inverter gnri: prior_norm must be one of {PRIOR_NORMS}, got {prior_norm!r}")
-    if start not in STARTS:
-        raise ValueError(f"inverter gnri: start must be one of {STARTS}, got {start!r}")
-    if output not in OUTPUTS:
-        raise ValueError(f"inverter gnri: output must be one of {OUTPUTS}, got {output!r}")
+    for name, value, choices in (("step_rule", step_rule, StepRule), ("prior_norm", prior_norm, PriorNorm),
+                                 ("start", start, Start), ("output", output, Output)):
+        check_choice("inverter gnri", name, value, choices)
     if max_iters < 1:
         raise ValueError(f"inverter gnri: max_iters must be >= 1, got {max_iters}")
     if lam < 0 or eta < 0 or tol < 0:

@@ -95,11 +95,12 @@ from gnri.core import (
 )
 from gnri.core.anderson import combine, mixing_coefficients
 from gnri.core.step import per_sample_rms
+from gnri.methods.options import check_choice
 
-STARTS = ("previous", "extrapolate", "x")
-FIRSTS = ("chebyshev", "sigma", "fixed_point")
-SECONDS = ("anderson", "chebyshev")
-SCHEDULES = ("front", "uniform")
+Start = Literal["previous", "extrapolate", "x"]
+First = Literal["chebyshev", "sigma", "fixed_point"]
+Second = Literal["anderson", "chebyshev"]
+Schedule = Literal["front", "uniform"]
 
 
 def spectrum_floor(problem: StepProblem) -> float:
@@ -133,12 +134,6 @@ def chebyshev_nodes(m: float, degree: int) -> tuple[float, ...]:
     centre, half = (1.0 + m) / 2, (1.0 - m) / 2
     mus = [centre + half * math.cos((2 * j - 1) * math.pi / (2 * degree)) for j in range(1, degree + 1)]
     return tuple(1.0 / mu for mu in mus)
-
-
-def chebyshev_relaxations(m: float) -> tuple[float, float]:
-    """``(omega_1, omega_2)``: the degree-2 Chebyshev Richardson steps on ``[m, 1]`` (larger node first)."""
-    w1, w2 = chebyshev_nodes(m, 2)
-    return w1, w2
 
 
 def evaluation_schedule(
@@ -181,25 +176,26 @@ def solve_step(
     """
     m = spectrum_floor(problem)
     calls = int(evals.max())
+    shape = (-1, *([1] * (problem.x.ndim - 1)))
     if first == "chebyshev":  # the smaller degree-2 node, or the degree-1 node for a single call
         choices = [chebyshev_nodes(m, 2)[0] if int(k) >= 2 else chebyshev_nodes(m, 1)[0] for k in evals]
     else:
         choices = [(min(1.0 / m, omega_max) if m > 0 else omega_max) if first == "sigma" else 1.0] * len(evals)
-    omega = torch.tensor(choices, dtype=problem.x.dtype, device=problem.x.device).view(-1, *([1] * (problem.x.ndim - 1)))
-    fixed = [chebyshev_nodes(m, int(k)) for k in evals]  # second='chebyshev': each image's own degree
-    min_evals = evals if min_evals is None else min_evals
+    omega = torch.tensor(choices, dtype=problem.x.dtype, device=problem.x.device).view(shape)
+    nodes = [chebyshev_nodes(m, int(k)) for k in evals] if second == "chebyshev" else []  # each image's degree
+    evals, floor = evals.to(problem.x.device), (evals if min_evals is None else min_evals).to(problem.x.device)
+    may_stop = stop_ratio > 0 and bool((floor < evals).any())  # only then a host sync per call
     zs: list[Tensor] = []
     fs: list[Tensor] = []
     rs: list[Tensor] = []
-    nan = torch.full_like(evals, math.nan, dtype=torch.float32)
     res_series: list[Tensor] = []
     step_series: list[Tensor] = []
-    active = evals > 0
     used = torch.zeros_like(evals)
     with torch.no_grad():
         z = problem.x if warm is None else problem.implicit_map(warm)
         out, kept = z, warm
         for i in range(calls):
+            active = used < evals  # an image that stopped early has used >= evals (see below)
             pred = problem.predict(z)
             f = problem.implicit_map(pred)
             zs.append(z)
@@ -211,23 +207,22 @@ def solve_step(
                 gamma = mixing_coefficients([b - a for a, b in zip(rs, rs[1:])], rs[-1], regularization)
                 z = f - combine([b - a for a, b in zip(fs, fs[1:])], gamma)
             else:
-                node = torch.tensor([w[i] if i < len(w) else 0.0 for w in fixed], dtype=z.dtype, device=z.device)
-                z = z + node.view(-1, *([1] * (z.ndim - 1))) * rs[-1]
-            on = active.to(z.device)
-            out = _where(on, z, out)
-            kept = Prediction(_where(on, pred.x0, kept.x0), _where(on, pred.eps, kept.eps)) if kept is not None else pred
+                node = [w[i] if i < len(w) else 0.0 for w in nodes]
+                z = z + torch.tensor(node, dtype=z.dtype, device=z.device).view(shape) * rs[-1]
+            out = _where(active, z, out)
+            kept = pred if kept is None else Prediction(_where(active, pred.x0, kept.x0), _where(active, pred.eps, kept.eps))
             rms = per_sample_rms(rs[-1])
-            res_series.append(torch.where(active, rms.float().cpu(), nan))
-            step_series.append(torch.where(active, per_sample_rms(z - zs[-1]).float().cpu(), nan))
+            res_series.append(torch.where(active, rms, torch.nan))
+            step_series.append(torch.where(active, per_sample_rms(z - zs[-1]), torch.nan))
             used = used + active.long()
-            converged = (per_sample_rms(rs[-1]) <= stop_ratio * per_sample_rms(rs[0])).cpu()
-            done = (used >= evals) | ((i >= 1) & (used >= min_evals) & converged)
-            active = active & ~done
-            if not bool(active.any()):
-                break
+            if may_stop and i >= 1:
+                converged = active & (used >= floor) & (rms <= stop_ratio * per_sample_rms(rs[0]))
+                evals = torch.where(converged, used, evals)  # converged: no more calls for it
+                if not bool((used < evals).any()):
+                    break
     series = {"residual": tuple(res_series), "step_size": tuple(step_series)}
     assert kept is not None  # at least one call was made
-    return out, StepInfo(iters=len(rs), series=series), kept, used
+    return out, StepInfo(iters=len(rs), series=series), kept, used.cpu()
 
 
 def invert(
@@ -237,24 +232,19 @@ def invert(
     cond: Conditioning,
     *,
     evals_per_step: float = 2.0,
-    schedule: Literal["front", "uniform"] = "front",
+    schedule: Schedule = "front",
     first_step_evals: int = 5,
     first_step_tol: float = 0.1,
-    start: Literal["previous", "extrapolate", "x"] = "extrapolate",
-    first: Literal["chebyshev", "sigma", "fixed_point"] = "chebyshev",
-    second: Literal["anderson", "chebyshev"] = "anderson",
+    start: Start = "extrapolate",
+    first: First = "chebyshev",
+    second: Second = "anderson",
     omega_max: float = 4.0,
     regularization: float = 1e-10,
 ) -> InversionResult:
     """GNRI's fixed point at ``evals_per_step`` x N network calls: Chebyshev-relaxed step, then Anderson."""
-    if start not in STARTS:
-        raise ValueError(f"inverter gnri_2x: start must be one of {STARTS}, got {start!r}")
-    if first not in FIRSTS:
-        raise ValueError(f"inverter gnri_2x: first must be one of {FIRSTS}, got {first!r}")
-    if second not in SECONDS:
-        raise ValueError(f"inverter gnri_2x: second must be one of {SECONDS}, got {second!r}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"inverter gnri_2x: schedule must be one of {SCHEDULES}, got {schedule!r}")
+    for name, value, choices in (("start", start, Start), ("first", first, First), ("second", second, Second),
+                                 ("schedule", schedule, Schedule)):
+        check_choice("inverter gnri_2x", name, value, choices)
     if not evals_per_step >= 1.0:
         raise ValueError(f"inverter gnri_2x: evals_per_step must be >= 1, got {evals_per_step}")
     if not (isinstance(first_step_evals, int) and first_step_evals >= 1):

@@ -74,8 +74,9 @@ import torch
 
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, StepInfo, StepProblem, Tensor, invert_with
 from gnri.core.step import per_sample_rms
+from gnri.methods.options import check_choice
 
-COORDINATES = ("grid", "scheduler", "latent")
+Coordinates = Literal["grid", "scheduler", "latent"]
 
 
 def _rows(v: Tensor, like: Tensor) -> Tensor:
@@ -144,12 +145,11 @@ def invert(
     *,
     lam: float = 0.1,
     n_iters: int = 2,
-    coordinates: Literal["grid", "scheduler", "latent"] = "grid",
+    coordinates: Coordinates = "grid",
     numel: int | None = None,
 ) -> InversionResult:
     """The public code's GNRI sign step over ``grid``; ``x0`` (the clean latent) anchors the prior."""
-    if coordinates not in COORDINATES:
-        raise ValueError(f"inverter gnri_official: coordinates must be one of {COORDINATES}, got {coordinates!r}")
+    check_choice("inverter gnri_official", "coordinates", coordinates, Coordinates)
     if n_iters < 1:
         raise ValueError(f"inverter gnri_official: n_iters must be >= 1, got {n_iters}")
     if lam < 0:

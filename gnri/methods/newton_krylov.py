@@ -32,8 +32,9 @@ import torch
 
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, StepInfo, StepProblem, Tensor, invert_with
 from gnri.core.step import per_sample_rms
+from gnri.methods.options import check_choice
 
-JVPS = ("secant", "tangent")
+Jvp = Literal["secant", "tangent"]
 
 
 def _rows(v: Tensor, like: Tensor) -> Tensor:
@@ -124,7 +125,7 @@ def invert(
     newton_iters: int = 1,
     krylov_dim: int = 2,
     tol: float = 1e-4,
-    jvp: Literal["secant", "tangent"] = "secant",
+    jvp: Jvp = "secant",
     fd_step: float | None = None,
     keep_best: bool = False,
 ) -> InversionResult:
@@ -135,8 +136,7 @@ def invert(
         raise ValueError(f"inverter gnri_nk: tol must be >= 0, got {tol}")
     if fd_step is not None and not fd_step > 0:
         raise ValueError(f"inverter gnri_nk: fd_step must be > 0 or None, got {fd_step}")
-    if jvp not in JVPS:
-        raise ValueError(f"inverter gnri_nk: jvp must be one of {JVPS}, got {jvp!r}")
+    check_choice("inverter gnri_nk", "jvp", jvp, Jvp)
     step = fd_step if fd_step is not None else torch.finfo(x0.dtype).eps ** 0.5
     if jvp == "secant":
         step = None

@@ -23,11 +23,13 @@ Choices (options of the inverter, never constants): ``prior_mean`` ``transition`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from gnri.core import Level, Tensor
+from gnri.methods.options import check_choice
 
-PRIOR_MEANS = ("auto", "transition", "identity")
-PRIOR_WEIGHTS = ("auto", "inv_beta", "one")
+PriorMean = Literal["auto", "transition", "identity"]
+PriorWeight = Literal["auto", "inv_beta", "one"]
 
 
 def transition(x_level: Level, z_level: Level) -> tuple[float, float]:
@@ -49,15 +51,13 @@ class GuidancePrior:
 
 
 def guidance_prior(
-    x_level: Level, z_level: Level, family: str, prior_mean: str = "auto", prior_weight: str = "auto"
+    x_level: Level, z_level: Level, family: str, prior_mean: PriorMean = "auto", prior_weight: PriorWeight = "auto"
 ) -> GuidancePrior:
     """The prior of one inversion step ``x_level -> z_level`` for a ``vp`` or ``flow`` grid."""
     if family not in ("vp", "flow"):
         raise ValueError(f"gnri prior: family must be 'vp' or 'flow' here, got {family!r}")
-    if prior_mean not in PRIOR_MEANS:
-        raise ValueError(f"gnri prior: prior_mean must be one of {PRIOR_MEANS}, got {prior_mean!r}")
-    if prior_weight not in PRIOR_WEIGHTS:
-        raise ValueError(f"gnri prior: prior_weight must be one of {PRIOR_WEIGHTS}, got {prior_weight!r}")
+    check_choice("gnri prior", "prior_mean", prior_mean, PriorMean)
+    check_choice("gnri prior", "prior_weight", prior_weight, PriorWeight)
     mean = prior_mean if prior_mean != "auto" else ("transition" if family == "vp" else "identity")
     weight = prior_weight if prior_weight != "auto" else ("inv_beta" if family == "vp" else "one")
     gamma, beta = transition(x_level, z_level)
