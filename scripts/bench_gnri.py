@@ -43,7 +43,7 @@ from baselines import anderson as aidi  # noqa: E402
 from baselines import ddim, edict, fixed_point  # noqa: E402
 from eval.data import sample_dataset  # noqa: E402
 from eval.metrics.psnr import psnr  # noqa: E402
-from eval.timing import time_call  # noqa: E402
+from eval.timing import bare_network_times, time_call  # noqa: E402
 from gnri.core import CountingDenoiser, Level, reconstruct, step_residuals  # noqa: E402
 from gnri.methods import anderson, gnri, gnri_2x, gnri_official, newton_krylov  # noqa: E402
 from gnri.models.base import ScheduleSpec  # noqa: E402
@@ -268,6 +268,9 @@ def bench(args: argparse.Namespace) -> None:
         den = adapter.denoiser()
         ceiling = float(psnr(decoded, images).mean())
         print(f"\n{steps} steps ({kind}{', ' + spacing if spacing else ''}); VAE ceiling PSNR vs input {ceiling:.2f} dB")
+        bare = bare_network_times(den, x0, grid.levels[len(grid.levels) // 2], cond, torch.device(device))
+        print(f"bare network call (batch {len(captions)}, same run): "
+              + (f"{1e3 * bare.forward_s:.1f} ms" if bare.forward_s is not None else f"unavailable ({bare.reason})"))
         print(f"{'method':24s} {'residual':>9s} {'res med':>9s} {'roundtrip':>9s} {'PSNR dec':>8s} {'PSNR in':>8s} "
               f"{'gap dB':>6s} {'fwd':>4s} {'bwd':>4s} {'time/ddim':>9s} {'ms':>8s}", flush=True)
         base = None  # the first method's time (ddim in every suite)
