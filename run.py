@@ -17,6 +17,18 @@ keep the model config's value.
 A group choice that names no ``conf/<group>/<name>.yaml`` stops with a one-line error. In a
 multirun, a model that cannot be built (no weights, no network) does not stop the sweep: its
 job records every image as ``failed`` with the reason and the next job runs.
+
+Inverters come from the method catalog (:mod:`gnri.catalog`): shipped, installed plug-ins (entry
+points in group ``gnri_bench.inverters``: ``inverter=<name>`` with no YAML) and the ``inverter/``
+folder of a user's config folder (``--config-dir DIR`` or ``hydra.searchpath=[file://DIR]``).
+:func:`register_configs` puts every method's signature defaults into Hydra's ConfigStore
+(``inverter_defaults/<name>``, merged under ``conf/config.yaml``'s ``inverter`` choice) and each
+plug-in's node into group ``inverter``; ``inverter.<key>=value`` is passed as
+``++inverter.<key>=value`` (:func:`inverter_overrides`), so a misspelt key reaches the one-line
+check instead of Hydra's struct error. Before any model loads the target must import, have the
+inverter signature, take every given option with a value of its type, and apply to the model's
+family and the task: a single run stops with one line (exit 2); a multirun records ``skipped``
+rows for a combination that does not apply, without loading the model, and goes on.
 """
 
 from __future__ import annotations
@@ -44,14 +56,83 @@ def config_names(group: str, conf_dirs: Iterable[Path] = (CONF_DIR,)) -> list[st
 
 
 def _extra_conf_dirs(args: list[str]) -> list[Path]:
-    """Folders added with ``--config-dir``/``-cd`` (Hydra searches them too)."""
+    """User config folders Hydra searches too: ``--config-dir``/``-cd DIR`` and the ``file://``
+    entries of a ``hydra.searchpath=[...]`` override (``pkg://`` entries are not folders)."""
     dirs = []
     for i, arg in enumerate(args):
         if arg in ("--config-dir", "-cd") and i + 1 < len(args):
             dirs.append(Path(args[i + 1]))
         elif arg.startswith("--config-dir="):
             dirs.append(Path(arg.split("=", 1)[1]))
+        elif arg.lstrip("+").startswith("hydra.searchpath="):
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            try:
+                value = OverridesParser.create().parse_override(arg.lstrip("+")).value()
+            except Exception:  # noqa: BLE001 - Hydra reports a malformed override itself
+                continue
+            for entry in value if isinstance(value, list) else [value]:
+                if isinstance(entry, str) and entry.startswith("file://"):
+                    dirs.append(Path(entry.removeprefix("file://")))
     return dirs
+
+
+def inverter_overrides(args: list[str]) -> list[str]:
+    """``inverter.<key>=value`` -> ``++inverter.<key>=value``: a key the inverter's config file does
+    not list is still set (every keyword of the function is an option; a misspelt one is refused
+    by the one-line check, never by Hydra's struct error)."""
+    return [f"++{a}" if a.startswith("inverter.") and "=" in a else a for a in args]
+
+
+def register_configs(conf_dirs: Iterable[Path] = ()) -> str | None:
+    """Put the method catalog into Hydra's ConfigStore: ``inverter_defaults/<name>`` (every keyword
+    with its signature default, for each method that imports) and ``inverter/<name>`` for each
+    installed plug-in (``_target_``, ``_partial_``: no YAML needed). A one-line error (a catalog
+    clash) or None. A method that does not import gets no defaults: it is refused when chosen."""
+    from hydra.core.config_store import ConfigStore
+
+    from gnri import catalog
+
+    try:
+        methods = catalog.methods(conf_dirs)
+    except catalog.CatalogError as err:
+        return f"run.py: {err}"
+    store = ConfigStore.instance()
+    for name, entry in methods.items():
+        if entry.origin != catalog.SHIPPED and not entry.origin.startswith("config folder"):
+            store.store(group="inverter", name=name, node={"_target_": catalog.dotted(entry.target), "_partial_": True},
+                        provider="gnri_bench")
+        try:
+            defaults = catalog.signature_defaults(entry.load())
+        except (catalog.CatalogError, TypeError, ValueError):
+            continue
+        plain = {k: v for k, v in defaults.items() if _config_value(v)}
+        store.store(group="inverter_defaults", name=name, node=plain, provider="gnri_bench")
+    return None
+
+
+def _config_value(value: Any) -> bool:
+    """Whether a default can live in a config (None, bool, int, float, str, or lists/dicts of them)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_config_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _config_value(v) for k, v in value.items())
+    return False
+
+
+def inverter_names(conf_dirs: Iterable[Path]) -> list[str]:
+    """Every name ``inverter=`` takes: the catalog's (shipped, plug-ins, the folders' files) and
+    ``conf/inverter``'s files."""
+    from gnri import catalog
+
+    dirs = list(conf_dirs)
+    try:
+        names = set(catalog.methods([d for d in dirs if Path(d).resolve() != CONF_DIR]))
+    except catalog.CatalogError:
+        names = set()
+    return sorted(names | set(config_names("inverter", dirs)))
 
 
 def check_group_choices(args: list[str]) -> str | None:
@@ -85,12 +166,13 @@ def check_group_choices(args: list[str]) -> str | None:
             names = list(o.sweep_string_iterator())
         else:
             names = [o.get_value_element_as_str()]
-        valid = config_names(o.key_or_group, dirs)
+        group = o.key_or_group
+        valid = inverter_names(dirs) if group == "inverter" else config_names(group, dirs)
         for name in names:
-            if name not in valid and name != "null":
-                where = f"conf/{o.key_or_group}/{name}.yaml"
+            if name not in valid and (name != "null" or group == "inverter"):
+                where = " or ".join([f"conf/{group}/{name}.yaml"] + [f"{d}/{group}/{name}.yaml" for d in dirs[1:]])
                 return (
-                    f"run.py: unknown {o.key_or_group} {name!r} ({where} not found); "
+                    f"run.py: unknown {group} {name!r} ({where} not found); "
                     f"valid: {', '.join(valid) or '(none)'}"
                 )
     return None
@@ -200,9 +282,12 @@ def build_settings(cfg: DictConfig, run_dir: Path, cache_dir: Path | None, devic
 
         dtype = auto_dtype(adapter_family(model_cfg) or "", device)
     reconstruct = task == "reconstruct"
+    from gnri.catalog import resolved_params
+
     return RunSettings(
         schedule=build_schedule(cfg.schedule), inverter=str(choices.get("inverter")),
-        inverter_params=hyperparameters(cfg.inverter), model=choices.get("model"),
+        inverter_params=resolved_params(str(cfg.inverter._target_), hyperparameters(cfg.inverter)),
+        model=choices.get("model"),
         schedule_name=choices.get("schedule"), checkpoint=checkpoint_identity(model_cfg), task=task,
         task_params=task_cfg, metrics=tuple(metric_cfg["names"]) if reconstruct else (),
         metric_options=dict(metric_cfg.get("options") or {}) if reconstruct else {},
@@ -260,11 +345,18 @@ def validated_dataset(cfg: DictConfig) -> Any:
 
     from eval import validate
 
+    from hydra.types import RunMode
+
     choices = HydraConfig.get().runtime.choices
     names = {g: str(choices.get(g)) for g in ("model", "schedule", "inverter", "dataset")}
     try:
+        if "_target_" not in cfg.inverter:
+            raise validate.ConfigError(f"inverter={names['inverter']}: its config has no _target_")
         validate.check_inverter(names["inverter"], str(cfg.inverter._target_), hyperparameters(cfg.inverter))
         validate.check_model_config(names["model"], cfg.model)
+        refusal = method_refusal(cfg)
+        if refusal is not None and HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise validate.ConfigError(refusal)
         try:
             schedule = build_schedule(cfg.schedule)
         except (ValueError, TypeError) as err:
@@ -294,6 +386,25 @@ def validated_dataset(cfg: DictConfig) -> Any:
         print(f"run.py: {err}", file=sys.stderr)
         sys.exit(2)
     return dataset
+
+
+def method_refusal(cfg: DictConfig) -> str | None:
+    """Why the run's inverter does not apply to its model's family (``vp``/``flow``, read from the
+    model config without loading it) or to its task, from what the method declares
+    (:func:`gnri.catalog.inverter_info`), or None. Single run: run.py stops; multirun: skipped rows."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from eval import validate
+
+    choices = HydraConfig.get().runtime.choices
+    fn = validate.locate(str(cfg.inverter._target_))
+    task = str(cfg.task.get("name", "reconstruct")) if "task" in cfg else "reconstruct"
+    family = validate.model_family(OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
+    why = validate.family_refusal(fn, family)
+    if why is not None:
+        return f"inverter={choices.get('inverter')} {why}: model={choices.get('model')}"
+    why = validate.task_refusal(fn, task)
+    return f"inverter={choices.get('inverter')}: {why}" if why is not None else None
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -335,6 +446,11 @@ def main(cfg: DictConfig) -> None:
     dataset = validated_dataset(cfg)  # every settings mistake stops here, before any model loads
     settings = build_settings(cfg, run_dir, cache_dir, device)
     adapter = _adapter_factory(cfg, device, multirun)
+    refusal = method_refusal(cfg)  # a multirun only (a single run stopped above): skipped rows, no model
+    if refusal is not None:
+        from eval.harness import RefusedAdapter
+
+        adapter = RefusedAdapter(str(hc.runtime.choices.get("model")), ValueError(refusal))
     inverter = instantiate(cfg.inverter, _convert_="all")
     metric_cfg: dict = OmegaConf.to_container(cfg.metrics, resolve=True)  # type: ignore[assignment]
     logger = None
@@ -365,8 +481,8 @@ if __name__ == "__main__":
     from eval.presets import smoke_arguments
 
     arguments, error = smoke_arguments(sys.argv[1:], CONF_DIR)
-    sys.argv[1:] = arguments
-    error = error or check_group_choices(sys.argv[1:])
+    sys.argv[1:] = inverter_overrides(arguments)
+    error = error or register_configs(_extra_conf_dirs(sys.argv[1:])) or check_group_choices(sys.argv[1:])
     if error:
         print(error, file=sys.stderr)
         sys.exit(2)

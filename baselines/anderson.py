@@ -38,6 +38,7 @@ from baselines._common import (
     check_tol,
     first_prediction,
 )
+from gnri.catalog import inverter_info
 from gnri.core import (
     Conditioning,
     Denoiser,
@@ -52,6 +53,7 @@ from gnri.core import (
 from gnri.core.anderson import combine, mixing_coefficients
 
 
+@inverter_info()
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

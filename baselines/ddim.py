@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from typing import Literal
 
+from gnri.catalog import inverter_info
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, StepInfo, StepProblem, Tensor, invert_with
 
 TIMESTEPS = ("dst", "src")
 
 
+@inverter_info()
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

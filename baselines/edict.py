@@ -47,6 +47,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Literal
 
+from gnri.catalog import inverter_info
 from gnri.core import (
     Conditioning,
     Denoiser,
@@ -147,6 +148,7 @@ def sample_pair(
     return pair[0]
 
 
+@inverter_info(exact_reconstruction=True, keeps="2 latents (the coupled pair x, y)")
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

@@ -71,6 +71,7 @@ from functools import partial
 
 import torch
 
+from gnri.catalog import inverter_info
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, Level, Prediction, StepInfo, Tensor
 
 METHOD = "edit_friendly"
@@ -137,6 +138,8 @@ def _check(eta: float, skip: float, seed: int) -> None:
         raise ValueError(f"inverter {METHOD}: seed must be an integer >= 0, got {seed!r}")
 
 
+@inverter_info(exact_reconstruction=True,
+               keeps="1 latent + T noise maps (+ the start latent when skip > 0); zero_last=true: not exact")
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

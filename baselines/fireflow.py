@@ -34,11 +34,13 @@ from __future__ import annotations
 from functools import partial
 
 from baselines.midpoint_common import integrate, require_flow, sample, step_infos
+from gnri.catalog import inverter_info
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, Tensor
 
 METHOD = "fireflow"
 
 
+@inverter_info(families=("flow",))
 def invert(
     denoiser: Denoiser, x0: Tensor, grid: Grid, cond: Conditioning, *, reuse: bool = True
 ) -> InversionResult:

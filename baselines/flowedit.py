@@ -24,7 +24,7 @@ In this library "inversion" makes no network call: :func:`invert` returns the so
 conditioning it is given, so prompt-swap editing (``task=edit``) is FlowEdit. With the source
 prompt the velocity difference is exactly 0 and the sampler returns ``x_src`` unchanged; a
 reconstruction task therefore measures nothing, and the harness records it as ``skipped``
-(``invert.tasks``: FlowEdit runs for ``task=edit`` only).
+(``@inverter_info(tasks=...)``: FlowEdit runs for ``task=edit`` only).
 
 Defaults and differences from the public code, named:
 - ``n_max=24``, ``n_min=0``, ``n_avg=1``: the FLUX settings (28 steps there; SD3: 50 steps,
@@ -54,10 +54,11 @@ from functools import partial
 import torch
 
 from baselines.flow_common import require_flow, velocity
+from gnri.catalog import inverter_info
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, Tensor
 
 METHOD = "flowedit"
-TASKS = ("edit",)  # the harness tasks FlowEdit applies to (eval.validate.task_refusal reads invert.tasks)
+TASKS = ("edit",)  # the harness tasks FlowEdit applies to (declared with @inverter_info, read by eval.validate.task_refusal)
 TASK_NOTE = "flowedit is inversion-free editing"
 
 
@@ -106,6 +107,7 @@ def flowedit_sample(
     return edit if tar is None else tar
 
 
+@inverter_info(families=("flow",), tasks=TASKS, task_note=TASK_NOTE, keeps="the source latent (no inversion)")
 def invert(
     denoiser: Denoiser,
     x0: Tensor,
@@ -126,7 +128,3 @@ def invert(
     _window(grid, n_max, n_min)
     sampler = partial(flowedit_sample, source_cond=cond, n_max=n_max, n_min=n_min, n_avg=n_avg, seed=seed)
     return InversionResult(z=x0, trajectory=(x0,), steps=(), sampler=sampler)
-
-
-invert.tasks = TASKS  # type: ignore[attr-defined]
-invert.task_note = TASK_NOTE  # type: ignore[attr-defined]

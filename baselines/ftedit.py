@@ -46,6 +46,7 @@ import torch
 
 from baselines._common import check_positive_int
 from baselines.flow_common import euler, require_flow, same_conditioning, velocity
+from gnri.catalog import inverter_info
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, StepInfo, Tensor
 
 METHOD = "ftedit"
@@ -84,6 +85,8 @@ def _average_range(average_range: Sequence[int]) -> tuple[int, int]:
     return int(average_range[0]), int(average_range[1])
 
 
+@inverter_info(families=("flow",), exact_reconstruction=True,
+               keeps="the T+1-latent trajectory (+ T residuals with residual=all); residual=none: 1 latent, not exact")
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

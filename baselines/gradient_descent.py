@@ -38,6 +38,7 @@ from typing import Literal
 import torch
 
 from baselines._common import check_positive_int, check_tol, first_prediction, per_sample
+from gnri.catalog import inverter_info
 from gnri.core import (
     Conditioning,
     Denoiser,
@@ -65,6 +66,7 @@ def residual_and_direction(problem: StepProblem, z: Tensor, direction: str) -> t
     return r.detach(), grad
 
 
+@inverter_info()
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

@@ -29,6 +29,7 @@ import torch
 
 from baselines import ddim
 from baselines._common import require_cfg
+from gnri.catalog import inverter_info
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, Tensor
 
 
@@ -47,6 +48,7 @@ def slerp(val: float, low: Tensor, high: Tensor) -> Tensor:
     return (wa[:, None] * a + wb[:, None] * b).reshape(low.shape)
 
 
+@inverter_info()
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

@@ -43,6 +43,7 @@ import torch
 
 from baselines import ddim
 from baselines._common import check_positive_int, per_sample, require_cfg
+from gnri.catalog import inverter_info
 from gnri.core import (
     Conditioning,
     Denoiser,
@@ -92,6 +93,7 @@ def _fit_negative(
     return len(objective), objective
 
 
+@inverter_info(keeps="1 latent + T per-step null-text embeddings")
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

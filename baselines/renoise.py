@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from baselines._common import check_positive_int, first_prediction
+from gnri.catalog import inverter_info
 from gnri.core import (
     Conditioning,
     Denoiser,
@@ -59,6 +60,7 @@ def _window(name: str, value: Sequence[int]) -> tuple[int, int]:
     return lo, hi
 
 
+@inverter_info()
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

@@ -52,6 +52,7 @@ from typing import Literal
 import torch
 
 from baselines.flow_common import check_unit_interval, euler, require_flow, velocity
+from gnri.catalog import inverter_info
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, Level, StepInfo, Tensor
 
 METHOD = "rf_inversion"
@@ -90,6 +91,7 @@ def sample_controlled(
     return z
 
 
+@inverter_info(families=("flow",), keeps="2 latents (the noise and the source latent the reverse controller pulls toward)")
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

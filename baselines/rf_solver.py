@@ -35,11 +35,13 @@ from __future__ import annotations
 from functools import partial
 
 from baselines.midpoint_common import integrate, require_flow, sample, step_infos
+from gnri.catalog import inverter_info
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, Tensor
 
 METHOD = "rf_solver"
 
 
+@inverter_info(families=("flow",))
 def invert(denoiser: Denoiser, x0: Tensor, grid: Grid, cond: Conditioning) -> InversionResult:
     """RF-Solver inversion: 2 network calls per step; reconstruct with its own 2nd-order sampler."""
     require_flow(METHOD, grid)

@@ -47,6 +47,7 @@ from typing import Literal
 import torch
 
 from baselines.flow_common import euler, require_flow, same_conditioning, velocity
+from gnri.catalog import inverter_info
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, StepInfo, Tensor
 
 METHOD = "uni_inv"
@@ -83,6 +84,7 @@ def sample_uni_edit(
     return z
 
 
+@inverter_info(families=("flow",))
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

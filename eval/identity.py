@@ -25,7 +25,6 @@ with ``compile=true`` never shares cached latents, resume keys or a table row wi
 from __future__ import annotations
 
 import hashlib
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -74,10 +73,11 @@ def _local(path: Path) -> Checkpoint:
 def _factory(target: str | None) -> Any:
     if not target:
         return None
-    module, _, attr = target.rpartition(".")
+    from gnri.catalog import resolve
+
     try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
+        return resolve(target)
+    except (ImportError, AttributeError, ValueError):
         return None
 
 

@@ -1,6 +1,7 @@
 """Check a run's settings before anything heavy loads: each mistake is one line, not a row per image.
 
-:func:`check_inverter` reads the inverter's own signature: an unknown key, a value of the wrong
+:func:`check_inverter` first checks the target (:func:`inverter_function`: importable, a callable
+with the inverter signature), then reads its signature: an unknown key, a value of the wrong
 type (from the annotation: int, float, bool, str, ``Literal`` choices, ``X | None``, sequences)
 or out of its range (:data:`RANGES`, by parameter meaning) is a :class:`ConfigError`.
 :func:`check_schedule` refuses a schedule kind the model's family cannot use (read from the model
@@ -8,18 +9,20 @@ config without loading it), :func:`check_dataset_config` a missing or absent ``d
 and :func:`check_task_fits` a task the dataset does not fit (``task=edit`` without edit pairs), and
 :func:`check_guidance` a guidance scale the model cannot use (``guidance_scale`` on a FLUX
 transformer without guidance embedding, ``true_cfg_scale`` on a UNet).
+:func:`family_refusal` and :func:`task_refusal` say why a method does not apply to a model family
+or a task (from :func:`gnri.catalog.inverter_info`).
 Per-image problems (a broken file, a divergence) stay rows; these are settings.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
+from gnri.catalog import info_of, resolve
 from gnri.models.base import FLOW_KINDS, VP_KINDS
 
 
@@ -54,9 +57,8 @@ FAMILY_OF = {"sd": "vp", "sdxl": "vp", "flux": "flow"}
 
 
 def locate(target: str) -> Any:
-    """The object a ``_target_`` string names."""
-    module, _, attr = target.rpartition(".")
-    return getattr(importlib.import_module(module), attr)
+    """The object a ``_target_`` string names (``pkg.mod.attr`` or ``pkg.mod:attr``: :func:`gnri.catalog.resolve`)."""
+    return resolve(target)
 
 
 def _type_ok(value: Any, hint: Any) -> tuple[bool, str]:
@@ -95,9 +97,40 @@ def _range_error(name: str, value: Any) -> str | None:
     return None
 
 
+INVERTER_SIGNATURE = "(denoiser, x0, grid, cond, *, options...)"
+
+
+def inverter_function(name: str, target: str) -> Callable[..., Any]:
+    """The callable ``target`` names, checked to have the inverter signature
+    :data:`INVERTER_SIGNATURE`; a ConfigError (one line) when it does not import, is not callable,
+    or takes other arguments."""
+    try:
+        fn = locate(target)
+    except (ImportError, AttributeError, ValueError) as err:
+        why = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"inverter={name}: _target_ {target} cannot be imported: {type(err).__name__}: {why}") from None
+    if not callable(fn):
+        raise ConfigError(f"inverter={name}: _target_ {target} is a {type(fn).__name__}, not a callable "
+                          f"inverter {INVERTER_SIGNATURE}")
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return fn  # a builtin without a readable signature: trusted
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    star = any(p.kind is p.VAR_POSITIONAL for p in params)
+    required = [p.name for p in positional[4:] if p.default is p.empty] + [
+        p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if (len(positional) < 4 and not star) or required:
+        shown = ", ".join(p.name if p.kind is not p.KEYWORD_ONLY else f"*{p.name}" for p in params)
+        raise ConfigError(f"inverter={name}: _target_ {target} takes ({shown}); an inverter takes "
+                          f"{INVERTER_SIGNATURE}, every option keyword-only with a default")
+    return fn
+
+
 def check_inverter(name: str, target: str, params: Mapping[str, Any]) -> None:
-    """Unknown keys, wrong types and out-of-range values of ``inverter=<name>``'s hyperparameters."""
-    fn: Callable[..., Any] = locate(target)
+    """The target (:func:`inverter_function`), then unknown keys, wrong types and out-of-range values
+    of ``inverter=<name>``'s hyperparameters."""
+    fn: Callable[..., Any] = inverter_function(name, target)
     signature = inspect.signature(fn)
     options = {p.name: p for p in signature.parameters.values() if p.kind == p.KEYWORD_ONLY}
     try:
@@ -265,14 +298,19 @@ def check_task_fits(task: str, dataset_name: str, entries: Sequence[Any]) -> Non
 
 
 def task_refusal(inverter: Any, task: str) -> str | None:
-    """Why ``inverter`` does not apply to ``task``, or None. An inverter function that runs for some
-    tasks only names them in its ``tasks`` attribute (FlowEdit: ``("edit",)``; ``task_note`` says
-    why); the harness records such a run's rows as ``skipped`` with this reason."""
-    fn = inverter
-    while hasattr(fn, "func") and hasattr(fn, "keywords"):  # functools.partial (Hydra's _partial_)
-        fn = fn.func
-    tasks = getattr(fn, "tasks", None)
-    if tasks is None or task in tasks:
+    """Why ``inverter`` does not apply to ``task``, or None: its declared tasks
+    (:func:`gnri.catalog.inverter_info`; FlowEdit: ``("edit",)``, ``task_note`` says why); the
+    harness records such a run's rows as ``skipped`` with this reason."""
+    info = info_of(inverter)
+    if info.tasks is None or task in info.tasks:
         return None
-    note = getattr(fn, "task_note", "")
-    return f"{note + '; ' if note else ''}task={task} does not apply (it runs for task={', '.join(tasks)})"
+    note = info.task_note
+    return f"{note + '; ' if note else ''}task={task} does not apply (it runs for task={', '.join(info.tasks)})"
+
+
+def family_refusal(inverter: Any, family: str | None) -> str | None:
+    """Why ``inverter`` does not apply to a model of ``family`` (``vp``/``flow``; None: unknown), or None."""
+    info = info_of(inverter)
+    if family is None or family in info.families:
+        return None
+    return f"does not apply to the {family} family (it runs on {', '.join(info.families)} models)"

@@ -12,8 +12,10 @@ No Hydra, no harness::
     inv.metrics()                                            # PSNR, VAE ceiling, NFE per image
     inv.save("cat.safetensors")                              # later: gnri.load_inversion(path, pipe)
 
-``method`` is a name of the harness's ``conf/inverter`` group (:func:`list_methods`; the same
-defaults, keyword arguments override them) or any callable with the inverter signature;
+``method`` is a name of the method catalog (:func:`list_methods`: the shipped methods, the same
+names and defaults as the harness's ``inverter`` group, and any installed plug-in's entry point in
+group ``gnri_bench.inverters``; keyword arguments override the defaults) or any callable with the
+inverter signature;
 ``schedule`` a name of ``conf/schedule`` or a :class:`ScheduleSpec`.
 
 Guidance takes the command line's two switches, meaning what the model's diffusers pipeline
@@ -44,7 +46,9 @@ from gnri.core import (
 )
 from gnri.images import fit_to_size, load_image, to_rgb_tensor
 from gnri.models.base import ModelAdapter, ScheduleSpec
-from gnri.registry import import_target, method_docs, method_entry, schedule_fields
+from gnri import catalog
+from gnri.catalog import method_entry, resolve
+from gnri.registry import schedule_fields
 
 PIPELINE_FAMILIES = {"StableDiffusionXL": "sdxl", "Flux": "flux", "StableDiffusion": "sd"}
 FORMAT = "gnri-inversion/1"  # the safetensors metadata key and version of Inversion.save
@@ -70,16 +74,34 @@ def as_adapter(model: Any, **options: Any) -> ModelAdapter:
     return load_adapter(family_of(model), model, **options)
 
 
-def list_methods(show: bool = False) -> dict[str, str]:
-    """Every method name (the ``conf/inverter`` names) -> the first line of its inverter's docstring.
+@dataclass(frozen=True)
+class MethodSummary:
+    """One row of :func:`list_methods`: where a method comes from and what it declares."""
 
-    With ``show`` also prints them, one per line.
-    """
-    docs = method_docs()
+    doc: str  # the first line of its inverter's docstring
+    origin: str  # shipped | entry point of <distribution> | config folder <dir>
+    target: str
+    families: tuple[str, ...] = ()
+    exact_reconstruction: bool = False
+    keeps: str = ""
+
+
+def list_methods(show: bool = False, config_dirs: Sequence[str | Path] = ()) -> dict[str, MethodSummary]:
+    """Every method name (shipped, installed plug-ins, and ``config_dirs``' ``inverter/*.yaml``) ->
+    its :class:`MethodSummary`, sorted by name. With ``show`` also prints them, one per line."""
+    out: dict[str, MethodSummary] = {}
+    for name, entry in catalog.methods(config_dirs).items():
+        try:
+            info = entry.info()
+            out[name] = MethodSummary(entry.doc(), entry.origin, entry.target, info.families,
+                                      info.exact_reconstruction, info.keeps)
+        except catalog.CatalogError as err:  # a broken plug-in is listed with why, not hidden
+            out[name] = MethodSummary(str(err), entry.origin, entry.target)
     if show:
-        width = max(map(len, docs))
-        print("\n".join(f"{name:<{width}}  {doc}" for name, doc in docs.items()))
-    return docs
+        width = max(map(len, out))
+        origin = max(len(s.origin) for s in out.values())
+        print("\n".join(f"{name:<{width}}  {s.origin:<{origin}}  {s.doc}" for name, s in out.items()))
+    return out
 
 
 def resolve_method(method: str | Callable[..., InversionResult]) -> Callable[..., InversionResult]:
@@ -351,7 +373,7 @@ def load_inversion(path: str | Path, model: Any, adapter_options: dict[str, Any]
     sampler = None
     if "sampler" in meta:
         spec = meta["sampler"]
-        sampler = functools.partial(import_target(spec["target"]), **spec["keywords"],
+        sampler = functools.partial(resolve(spec["target"]), **spec["keywords"],
                                     **{k: tensors[f"sampler.{k}"] for k in spec["tensors"]})
     result = InversionResult(z=tensors["z"], trajectory=trajectory, steps=tuple(StepInfo(iters=n) for n in meta["iterations"]),
                              cond_per_step=per_step, sampler=sampler)

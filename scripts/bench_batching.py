@@ -22,7 +22,8 @@ from eval.harness import evaluate  # noqa: E402
 from eval.metrics import build_metrics  # noqa: E402
 from eval.world_data import world_adapter, world_dataset  # noqa: E402
 from gnri.models.base import ScheduleSpec  # noqa: E402
-from gnri.registry import method_entry, schedule_fields  # noqa: E402
+from gnri.catalog import method_entry  # noqa: E402
+from gnri.registry import schedule_fields  # noqa: E402
 
 SETTINGS = {"world_sd": ("sd", "euler4_trailing"), "world_flux": ("flux", "flow4")}
 

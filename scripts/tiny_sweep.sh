@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-outputs/tiny_sweep/$(date +%Y-%m-%d_%H-%M-%S)}
-ALL=ddim,fixed_point,fixed_point3,anderson,renoise,edict,gradient_descent,null_text,negative_prompt,edit_friendly,gnri,gnri_official,gnri_aa,gnri_nk,gnri_2x,rf_inversion,rf_solver,fireflow,uni_inv,ftedit
+# Every shipped method that reconstructs (gnri/catalog.py; flowedit edits only): one list, never kept by hand.
+ALL=$(.venv/bin/python -c "from gnri import catalog; print(','.join(n for n, m in catalog.methods().items()
+    if m.origin == 'shipped' and 'reconstruct' in (m.info().tasks or ('reconstruct',))))")
 for pair in tiny_sd:ddim10 tiny_sdxl:euler4_trailing tiny_flux:flow4 tiny_sdxl_turbo:euler4_trailing; do
   .venv/bin/python run.py -m model="${pair%%:*}" schedule="${pair##*:}" inverter=$ALL guidance_scale=3.0 \
     progress=false hydra.sweep.dir="$OUT/${pair%%:*}" "$@"

@@ -12,7 +12,8 @@ from PIL import Image
 
 import gnri
 from gnri.api import check_hyperparameters, image_tensor, psnr, resolve_method
-from gnri.registry import METHODS, SCHEDULES, import_target
+from gnri import catalog
+from gnri.registry import SCHEDULES
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 META = ("_target_", "_partial_")
@@ -29,14 +30,41 @@ def image() -> torch.Tensor:
     return torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(0))
 
 
-def test_method_registry_equals_conf_inverter_exactly() -> None:
+def test_each_inverter_yaml_holds_only_its_target_and_the_values_that_differ() -> None:
+    """conf/inverter names the catalog's shipped methods; each file holds ``_target_``, ``_partial_``
+    and only the values that differ from the function's signature, equal to the catalog's."""
     confs = _yaml("inverter")
-    assert set(METHODS) == set(confs), "conf/inverter and gnri/registry.py METHODS must name the same methods"
+    shipped = {n: m for n, m in catalog.methods().items() if m.origin == "shipped"}
+    assert set(shipped) == set(confs), "conf/inverter and the pyproject.toml entry points must name the same methods"
     for name, node in confs.items():
-        target, defaults = METHODS[name]
-        assert target == node["_target_"], name
-        assert defaults == {k: v for k, v in node.items() if k not in META}, name
-        check_hyperparameters(name, import_target(target), defaults)  # every default reaches a real parameter
+        entry = shipped[name]
+        assert node["_partial_"] is True and catalog.resolve(node["_target_"]) is entry.function(), name
+        values = {k: v for k, v in node.items() if k not in META}
+        signature = catalog.signature_defaults(entry.function())
+        assert values == entry.bound_overrides(), name  # the same overrides in the YAML and the catalog
+        repeated = [k for k, v in values.items() if signature.get(k, object()) == v]
+        assert not repeated, f"conf/inverter/{name}.yaml repeats signature defaults: {repeated}"
+        check_hyperparameters(name, entry.function(), values)  # every value reaches a real parameter
+
+
+def test_catalog_defaults_are_the_signature_with_the_overrides() -> None:
+    for name, entry in catalog.methods().items():
+        expected = {**catalog.signature_defaults(entry.function()), **entry.bound_overrides()}
+        assert entry.defaults() == expected, name
+    assert catalog.method("fixed_point3").defaults()["max_iters"] == 3  # the variant's one value
+    assert catalog.method("fixed_point").defaults()["max_iters"] == 30
+
+
+def test_pyproject_entry_points_are_the_installed_ones() -> None:
+    """The clone's pyproject.toml table (what the catalog reads) equals the installed metadata
+    (scripts/setup.sh reinstalls when pyproject.toml changes)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        installed = {ep.name: ep.value for ep in distribution(catalog.DIST).entry_points if ep.group == catalog.GROUP}
+    except PackageNotFoundError:
+        pytest.skip("gnri-bench is not installed (a bare clone): the catalog reads pyproject.toml alone")
+    assert installed == catalog._pyproject_entries()
 
 
 def test_schedule_registry_equals_conf_schedule_exactly() -> None:
@@ -64,7 +92,7 @@ def test_unknown_names_give_one_line_listing_the_valid_ones() -> None:
     with pytest.raises(ValueError) as err:
         resolve_method("nope")
     text = str(err.value)
-    assert "\n" not in text and "'nope'" in text and all(name in text for name in METHODS)
+    assert "\n" not in text and "'nope'" in text and all(name in text for name in catalog.methods())
     from gnri.api import resolve_schedule
 
     with pytest.raises(ValueError, match=r"unknown schedule 'ddim4'; valid names: .*ddim10.*flow4"):
@@ -76,14 +104,17 @@ def test_a_misspelt_hyperparameter_names_the_valid_ones(tiny_sd_adapter, image) 
         gnri.invert(tiny_sd_adapter, image, PROMPT, method="ddim", schedule=STEPS4, progress=False, max_iter=3)
 
 
-def test_list_methods_names_every_config_with_its_docstring(capsys) -> None:
+def test_list_methods_names_every_config_with_its_docstring_and_origin(capsys) -> None:
     docs = gnri.list_methods(show=True)
-    assert list(docs) == sorted(_yaml("inverter"))
-    for name, doc in docs.items():
-        fn = import_target(METHODS[name][0])
-        assert doc and doc == fn.__doc__.strip().splitlines()[0].strip(), name
+    assert set(_yaml("inverter")) <= set(docs) and list(docs) == sorted(docs)
+    for name in _yaml("inverter"):
+        fn = catalog.method(name).function()
+        assert docs[name].doc and docs[name].doc == fn.__doc__.strip().splitlines()[0].strip(), name
+        assert docs[name].origin == "shipped"
+    assert docs["edict"].exact_reconstruction and not docs["ddim"].exact_reconstruction
+    assert docs["rf_solver"].families == ("flow",)
     printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == len(docs) and printed[0].startswith("anderson ")
+    assert len(printed) == len(docs) and printed[0].startswith("anderson ") and " shipped " in printed[0]
 
 
 def test_metrics_psnr_vae_ceiling_and_nfe(tiny_sd_adapter, image) -> None:

@@ -282,6 +282,7 @@ class RunChecker:
         from hydra.core.global_hydra import GlobalHydra
 
         if not self.closers:  # one Hydra for every job: it caches the config files it has read
+            run_module().register_configs()  # the method catalog's defaults, as run.py registers them
             GlobalHydra.instance().clear()
             context = initialize_config_dir(config_dir=str(CONF), version_base="1.3")
             context.__enter__()
@@ -299,6 +300,7 @@ class RunChecker:
 
         run = run_module()
         args, error = smoke_arguments(args, CONF)  # what run.py does first (paper presets' smoke=true)
+        args = run.inverter_overrides(args)  # inverter.<key>= -> ++inverter.<key>=, as run.py
         error = error or run.check_group_choices(args)
         if error:
             return error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,23 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 
+def _run_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gnri_bench_run", ROOT / "run.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+RUN = _run_module()
+
+
 def _compose(overrides: list[str]):
+    """The config as run.py composes it: the catalog's defaults registered, inverter.<key>= set with ++."""
+    assert RUN.register_configs() is None
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=RUN.inverter_overrides(overrides))
 
 
 def _params(node) -> dict:
@@ -29,8 +44,18 @@ def _params(node) -> dict:
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "inverter").glob("*.yaml")))
 def test_every_shipped_inverter_config_is_valid(name: str) -> None:
+    """The composed node holds every keyword of the function with the catalog's value (signature
+    default or the name's override), and passes the same check run.py makes."""
+    from gnri import catalog
+
     cfg = _compose([f"inverter={name}"])
-    validate.check_inverter(name, cfg.inverter._target_, _params(cfg.inverter))
+    params = _params(cfg.inverter)
+    assert params == catalog.method(name).defaults(), name
+    fn = validate.inverter_function(name, cfg.inverter._target_)
+    keywords = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    assert sorted(params) == sorted(keywords), name
+    assert validate.check_inverter(name, cfg.inverter._target_, params) is None
+    assert validate.family_refusal(fn, "vp") is None or validate.family_refusal(fn, "flow") is None
 
 
 @pytest.mark.parametrize("override, message", [

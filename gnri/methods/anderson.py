@@ -47,6 +47,7 @@ from typing import Literal
 
 import torch
 
+from gnri.catalog import inverter_info
 from gnri.core import (
     Conditioning,
     Denoiser,
@@ -129,6 +130,7 @@ def solve_step(
     return z, StepInfo(iters=max_iters, series={"residual": tuple(residual), "step_size": tuple(step_size)}), pred
 
 
+@inverter_info()
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

@@ -81,6 +81,7 @@ from typing import Literal
 
 import torch
 
+from gnri.catalog import inverter_info
 from gnri.core import (
     Conditioning,
     Denoiser,
@@ -225,6 +226,7 @@ def solve_step(
     return out, StepInfo(iters=len(rs), series=series), kept, used.cpu()
 
 
+@inverter_info()
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

@@ -72,6 +72,7 @@ from typing import Literal
 
 import torch
 
+from gnri.catalog import inverter_info
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, StepInfo, StepProblem, Tensor, invert_with
 from gnri.core.step import per_sample_rms
 from gnri.methods.options import check_choice
@@ -137,6 +138,7 @@ def solve_step(
     return best_f, StepInfo(iters=n_iters, series=series)
 
 
+@inverter_info()
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

@@ -30,6 +30,7 @@ from typing import Literal
 
 import torch
 
+from gnri.catalog import inverter_info
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, StepInfo, StepProblem, Tensor, invert_with
 from gnri.core.step import per_sample_rms
 from gnri.methods.options import check_choice
@@ -116,6 +117,7 @@ def solve_step(
     return out, StepInfo(iters=len(step_size), series=series)
 
 
+@inverter_info()
 def invert(
     denoiser: Denoiser,
     x0: Tensor,

@@ -1,0 +1,1 @@
+"""An example gnri-bench plug-in package (see README.md): inverters found through entry points."""
