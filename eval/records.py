@@ -63,17 +63,36 @@ input image on [0, 1]:
   on inputs prepared once) per forward pass / per backward pass, timed in the same run the same
   way (:func:`eval.timing.bare_network_times`, once per run and batch shape: one call on the
   whole batch);
-- ``overhead_ratio``: ``batch time / (nfe_forward x call + nfe_backward x backward)``: 1 is
-  the network alone, the rest is the method's and the harness's own cost;
+- ``time_network_forward_in_run_s`` / ``time_network_backward_in_run_s``: seconds spent inside
+  the network's forward / backward passes during the timed inversion itself, clocked by
+  :class:`gnri.core.CountingDenoiser` on the same calls (CPU: ``perf_counter``; CUDA: event pairs
+  read after the run), median over ``repeats``, per image as ``time_invert_s``;
+- ``overhead_ratio``: inversion time / in-run network time (forward + backward), both from the
+  same repeat, median over repeats: 1 is the network alone, the rest is the method's and the
+  harness's own cost; it cannot be below 1 (up to clock resolution);
+- ``non_network_share``: ``1 - in-run network time / inversion time``, the share of the timed
+  inversion spent outside the network;
+- ``overhead_ratio_bare``: ``batch time / (nfe_forward x call + nfe_backward x backward)`` with the
+  bare network's times above, measured apart from the method (what an ideal loop around this
+  network would cost); it may read below 1 where the bare clock and the run disagree;
 - ``latent_mean`` / ``latent_var`` / ``latent_ks_stat``: how Gaussian the inverted latent is
   (ideal 0 / 1 / 0; Kolmogorov-Smirnov statistic against N(0, 1) over its values): the
-  paper's "in-distribution" claim made measurable (:mod:`eval.metrics.gaussianity`).
+  paper's "in-distribution" claim made measurable (:mod:`eval.metrics.gaussianity`);
+- ``kept_latents``: the size of what reconstruction replays, in latents: the inverted latent plus
+  every tensor the result carries for it (a sampler's bound state: EDICT's second latent,
+  edit-friendly's noise maps, a stored trajectory; null-text's per-step embeddings), the run's own
+  prompt embeddings not counted, divided by the latent's size (:func:`eval.metrics.latent.kept_latents`;
+  1 for a single-latent method, lower is better);
+- ``exact_by_construction``: 1 when the method declares reconstruction exact by construction
+  (``@inverter_info(exact_reconstruction=True)``: EDICT, edit-friendly DDPM, FTEdit), else 0: read
+  ``psnr`` beside it, an exact method pays in ``kept_latents`` instead.
 
 Loggers (``conf/logger/*.yaml``, built by run.py) satisfy :class:`RunLogger`.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import math
@@ -117,13 +136,20 @@ HARNESS_METRICS = {
     "time_network_call_s": False,
     "time_network_backward_s": False,
     "overhead_ratio": False,
+    "overhead_ratio_bare": False,
+    "time_network_forward_in_run_s": False,
+    "time_network_backward_in_run_s": False,
+    "non_network_share": False,
     "latent_mean": False,
     "latent_var": False,
     "latent_ks_stat": False,
+    "kept_latents": False,
+    "exact_by_construction": True,
 }
 # The harness metrics that are clocks or memory: they differ between two runs of the same unit.
 TIMING_METRICS = ("time_invert_s", "time_reconstruct_s", "peak_memory_mb", "peak_memory_extra_mb", "compile_s",
-                  "time_network_call_s", "time_network_backward_s", "overhead_ratio")
+                  "time_network_call_s", "time_network_backward_s", "overhead_ratio", "overhead_ratio_bare",
+                  "time_network_forward_in_run_s", "time_network_backward_in_run_s", "non_network_share")
 # The rows of eval.metrics.gaussianity the harness records for the inverted latent.
 GAUSSIANITY_ROWS = ("latent_mean", "latent_var", "latent_ks_stat")
 RESULTS_FILE = "results.csv"
@@ -271,7 +297,8 @@ def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_records(path: str | Path) -> pd.DataFrame:
-    """Load a ``results.csv`` (or an empty table if it has no rows yet); text stays text.
+    """Load a ``results.csv`` or a gzipped ``results_all.csv.gz`` (or an empty table if it has no
+    rows yet); text stays text.
 
     A last line without its line break (a write cut short by a kill) is dropped, never parsed:
     rows never contain line breaks (:func:`one_line`), so only a torn line lacks one. Columns
@@ -281,7 +308,10 @@ def read_records(path: str | Path) -> pd.DataFrame:
     file = Path(path)
     if not file.exists() or file.stat().st_size == 0:
         return to_frame([])
-    text = file.read_bytes().decode("utf-8", errors="replace")
+    data = file.read_bytes()
+    if file.suffix == ".gz":  # a committed results_all.csv.gz (results/<folder>/)
+        data = gzip.decompress(data)
+    text = data.decode("utf-8", errors="replace")
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
     if text.count("\n") < 2:  # a header alone, or nothing whole

@@ -85,8 +85,21 @@ def problems_table(df: pd.DataFrame) -> str | None:
     return markdown_table(GROUP + ["status", "what", "reason"], rows)
 
 
-def summarize(df: pd.DataFrame, note: str | None = None) -> str:
-    """The whole ``summary.md`` text for a results table."""
+def load_note(df: pd.DataFrame) -> str | None:
+    """A line naming the runs timed under load (:mod:`eval.report.load`): their times are not the machine's."""
+    from eval.report.load import LOAD_MARK, UNDER_LOAD_NOTE, under_load
+
+    flagged = df[under_load(df).to_numpy()] if not df.empty else df
+    if flagged.empty:
+        return None
+    groups = ", ".join("/".join(map(str, k)) for k in flagged.groupby(GROUP, sort=True).groups)
+    return (f"> {LOAD_MARK} {UNDER_LOAD_NOTE}: {groups}: the load average exceeded what a lone run reaches "
+            "(eval/machine.py); these times are not the machine's and are not compared.")
+
+
+def summarize(df: pd.DataFrame, note: str | None = None, reference: str | None = None) -> str:
+    """The whole ``summary.md`` text for a results table; with ``reference`` (a sweep's), the paired
+    verdicts of every method against it follow (:mod:`eval.report.verdict_table`)."""
     parts = ["# Inversion benchmark summary", ""]
     banner = tiny_banner(df)
     if banner:
@@ -105,15 +118,23 @@ def summarize(df: pd.DataFrame, note: str | None = None) -> str:
         means_table(df),
         "",
     ]
+    loaded = load_note(df)
+    if loaded:
+        parts += [loaded, ""]
     problems = problems_table(df)
     parts += ["## Not ok", "", problems if problems else "Every image and metric is ok.", ""]
+    if reference:
+        from eval.report.verdict_table import verdict_markdown  # lazy: eval.report.tables imports this module
+
+        verdicts = verdict_markdown(df, reference)
+        parts += [verdicts] if verdicts else [f"No method to compare with the reference `{reference}`.", ""]
     return "\n".join(parts)
 
 
-def write_summary(df: pd.DataFrame, run_dir: str | Path, note: str | None = None) -> Path:
-    """Write ``summary.md`` into ``run_dir``; returns its path."""
+def write_summary(df: pd.DataFrame, run_dir: str | Path, note: str | None = None, reference: str | None = None) -> Path:
+    """Write ``summary.md`` into ``run_dir`` (with paired verdicts against ``reference`` if given); returns its path."""
     path = Path(run_dir) / SUMMARY_FILE
-    path.write_text(summarize(df, note), encoding="utf-8")
+    path.write_text(summarize(df, note, reference), encoding="utf-8")
     return path
 
 

@@ -1,7 +1,7 @@
 """Aggregate benchmark run folders into one table and plots.
 
 Usage: python scripts/aggregate.py multirun/2026-01-01/12-00-00 [more dirs or results.csv ...]
-           --out reports/sweep [--title "..."] [--sweep-param max_iters]
+           --out reports/sweep [--title "..."] [--sweep-param max_iters] [--reference ddim]
 """
 
 from __future__ import annotations
@@ -23,9 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sweep-param", default=None, help="inverter hyperparameter swept across runs: draws convergence.png"
     )
+    parser.add_argument(
+        "--reference", default=None,
+        help="method (label or inverter name) every method is compared with, image by image; default: the runs' "
+             "configured reference, else ddim if present, else none",
+    )
     args = parser.parse_args(argv)
     try:
-        out = aggregate(args.paths, args.out, args.title, args.sweep_param)
+        out = aggregate(args.paths, args.out, args.title, args.sweep_param, args.reference)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -80,7 +80,9 @@ def test_paper_table_values_ceiling_and_markdown() -> None:
     assert "### tiny_sd · ddim10" in md and "| method | PSNR (dB) ↑ | gap to VAE (dB) ↓ | fail (> 3 dB) ↓ | LPIPS ↓ | SSIM ↑ |" in md
     assert "n/a" in md and "`clip_score` unavailable: clip_score: no local" in md
     assert "VJP" not in md  # no backward passes anywhere: column dropped
-    assert "**0.2000**" in md  # best LPIPS in bold (gnri[max_iters=2])
+    assert "**" not in md.split("### tiny_sd · ddim10")[1].split("Notes:")[0]  # 5 paired images < 6: no claim
+    md8 = paper_markdown(make_records(n_images=8), title="Reconstruction")
+    assert "**0.2000**" in md8  # LPIPS 0.1 under ddim's on all 8 images: paired verdict better (gnri[max_iters=2])
 
 
 def test_summary_counts_failures_and_unavailable() -> None:
@@ -129,7 +131,9 @@ def test_aggregate_multirun_folders_and_cli(tmp_path: Path) -> None:
     combined = load_results([sweep])
     assert len(combined) == len(records) and combined["run_dir"].nunique() == 6
     out = aggregate([sweep], tmp_path / "report", title="Sweep", sweep_param="max_iters")
-    assert {p.name for p in out.plots} == {"quality_vs_time.png", "convergence.png", "reconstructions_tiny_sd.png"}
+    assert {p.name for p in out.plots} == {"quality_vs_time.png", "convergence.png", "reconstructions_tiny_sd.png",
+                                           "leaderboard_tiny_sd_ddim10.png", "leaderboard_tiny_flux_ddim10.png"}
+    assert {p.name for p in out.tables} >= {"paired_verdicts.csv", "leaderboard.md", "leaderboard.csv"}
     assert (sweep / "0" / "images" / "source" / "a__img0.png").is_file()
     wide = pd.read_csv(tmp_path / "report" / "paper_table.csv")
     assert set(wide["model"]) == {"tiny_sd", "tiny_flux"} and len(wide) == 8  # 3 methods + ceiling, per model
@@ -144,6 +148,9 @@ def test_aggregate_multirun_folders_and_cli(tmp_path: Path) -> None:
     spec.loader.exec_module(cli)  # type: ignore[union-attr]
     assert cli.main([str(sweep), "--out", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / "paper_table.md").is_file()
+    assert "Paired verdicts against `ddim`" in (tmp_path / "cli" / "paper_table.md").read_text()  # ddim: the default
+    assert cli.main([str(sweep), "--out", str(tmp_path / "cli3"), "--reference", "gnri[max_iters=1]"]) == 0
+    assert "vs `gnri[max_iters=1]`" in (tmp_path / "cli3" / "leaderboard.md").read_text()
     assert cli.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "cli2")]) == 2
 
 
@@ -163,11 +170,22 @@ def test_a_job_run_again_into_its_folder_supersedes_the_first_run(tmp_path: Path
     job = tmp_path / "sweep" / "0"
     job.mkdir(parents=True)
     pd.concat([old, new], ignore_index=True).to_csv(job / RESULTS_FILE, index=False)
-    with pytest.warns(UserWarning, match=r"holds 2 runs; keeping the newest \(20260102-000000-bbbbbb\)"):
+    with pytest.warns(UserWarning, match=r"no unit keys; \d+ rows repeat a unit of a newer run"):
         combined = load_results([tmp_path / "sweep"])
     assert set(combined["run_id"]) == {"20260102-000000-bbbbbb"} and len(combined) == len(new)
     psnr = combined[combined["metric"] == "psnr"]["value"].to_numpy()
     np.testing.assert_allclose(psnr, new[new["metric"] == "psnr"]["value"].to_numpy())
+
+
+def test_a_combined_table_without_unit_keys_keeps_every_job(tmp_path: Path) -> None:
+    """A committed results_all.csv of several jobs (one run each, different methods) that predates
+    unit keys keeps every job's rows, not only the newest run's."""
+    first = make_records(seed=0, methods=METHODS[:1]).assign(run_id="20260101-000000-aaaaaa")
+    second = make_records(seed=1, methods=METHODS[1:2]).assign(run_id="20260102-000000-bbbbbb")
+    table = pd.concat([first, second], ignore_index=True).drop(columns=["unit_key"], errors="ignore")
+    table.to_csv(tmp_path / "results_all.csv", index=False)
+    combined = load_results([tmp_path / "results_all.csv"])
+    assert set(combined["inverter"]) == {name for name, _ in METHODS[:2]} and len(combined) == len(table)
 
 
 def test_two_checkpoints_under_one_config_name_are_two_rows() -> None:

@@ -1,4 +1,4 @@
-"""Honest reports for small n: clipped intervals, none for n < 3, an ``n`` column, bold only where intervals separate."""
+"""Honest reports for small n: clipped intervals, none for n < 3, an ``n`` column, bold only from paired verdicts."""
 
 from __future__ import annotations
 
@@ -123,11 +123,16 @@ def _psnr_cells(md: str) -> dict[str, str]:
     return {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in lines}
 
 
-def test_bold_only_where_the_intervals_separate() -> None:
-    close = paper_markdown(frame({"a": recon(5, 26.0), "b": recon(5, 25.5)}))
-    assert not _psnr_cells(close)["a"].startswith("**")  # best by mean, but the intervals overlap
-    apart = paper_markdown(frame({"a": recon(5, 26.0, spread=0.5), "b": recon(5, 20.0, spread=0.5)}))
-    assert _psnr_cells(apart)["a"].startswith("**") and not _psnr_cells(apart)["b"].startswith("**")
-    tiny = paper_markdown(frame({"a": recon(2, 26.0, spread=0.1), "b": recon(2, 20.0, spread=0.1)}))
+def test_bold_only_from_the_paired_verdict() -> None:
+    # intervals overlap widely (spread 3 dB), but every image is 0.5 dB better than ddim's: paired, better
+    paired = paper_markdown(frame({"ddim": recon(8, 25.5), "a": recon(8, 26.0)}))
+    assert _psnr_cells(paired)["a"].startswith("**") and not _psnr_cells(paired)["ddim"].startswith("**")
+    # intervals far apart, but no reference method in the table: nothing is bold
+    apart = paper_markdown(frame({"a": recon(8, 26.0, spread=0.5), "b": recon(8, 20.0, spread=0.5)}))
+    assert "**" not in _psnr_cells(apart)["a"] and "nothing is bold" in apart
+    # the reference named: b against a, 6 dB under it on every image
+    named = paper_markdown(frame({"a": recon(8, 26.0, spread=0.5), "b": recon(8, 20.0, spread=0.5)}), reference="a")
+    assert not _psnr_cells(named)["b"].startswith("**") and not _psnr_cells(named)["a"].startswith("**")
+    tiny = paper_markdown(frame({"ddim": recon(2, 20.0, spread=0.1), "a": recon(2, 26.0, spread=0.1)}))
     assert "**" not in _psnr_cells(tiny)["a"] and "±" not in tiny.split("Mean ±")[0]  # n < 3: no claim, no interval
-    assert BOLD_RULE in close
+    assert BOLD_RULE in paired and "never from overlapping unpaired intervals" in BOLD_RULE

@@ -31,3 +31,12 @@ def test_index_lists_every_folder() -> None:
     index = (RESULTS / "README.md").read_text(encoding="utf-8")
     listed = set(re.findall(r"^\|\s*`([\w.-]+)/`", index, flags=re.MULTILINE))
     assert listed == set(FOLDERS), f"results/README.md lists {sorted(listed)}, folders are {FOLDERS}"
+
+
+def test_committed_tables_are_readable_by_aggregate() -> None:
+    """scripts/aggregate.py takes a committed ``results_all.csv.gz`` as it is (no gunzip first)."""
+    from eval.records import read_records
+
+    table = read_records(RESULTS / "world_reconstruction" / "results_all.csv.gz")
+    assert len(table) > 1000 and {"inverter", "metric", "value", "status"} <= set(table.columns)
+    assert table["value"].notna().any()

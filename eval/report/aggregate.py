@@ -19,10 +19,13 @@ import pandas as pd
 
 from eval.records import RESULTS_FILE, read_records
 from eval.report.edit_plots import edit_tradeoff, run_edit_grid
+from eval.report.leaderboard import GAP, write_leaderboard
+from eval.report.pairing import paired_verdicts, resolve_reference
 from eval.report.plots import convergence, convergence_from_records, quality_vs_time, run_image_grid
 from eval.report.tables import TIME_TOTAL, add_total_time, label_methods, mean_ci, write_tables
 
 COMBINED_FILE = "results_all.csv"
+VERDICTS_FILE = "paired_verdicts.csv"
 
 
 def find_results(paths: Iterable[str | Path]) -> list[Path]:
@@ -52,21 +55,25 @@ def load_results(paths: Iterable[str | Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+UNIT_FIELDS = ("model", "schedule", "inverter", "inverter_params", "schedule_params", "checkpoint", "image",
+               "caption", "guidance_scale", "true_cfg_scale", "seed", "batch_size", "metric")
+
+
 def newest_run_only(records: pd.DataFrame, source: Path) -> pd.DataFrame:
-    """One ``results.csv``'s rows, each unit once: a file with unit keys (written by the
-    resumable store) holds each unit once already, across the runs that resumed it; an older
-    file without them keeps only its newest run (``run_id``s sort by start time)."""
+    """One table's rows, each unit once: a file with unit keys (written by the resumable store)
+    holds each unit once already, across the runs that resumed it; an older file without them
+    (a job's ``results.csv``, or a committed ``results_all.csv.gz`` of many jobs) keeps, per
+    unit (:data:`UNIT_FIELDS`: model, schedule, inverter and its parameters, image, ... metric),
+    the row of its newest run (``run_id``s sort by start time)."""
     if "unit_key" in records.columns and records["unit_key"].astype(str).ne("").all():
         return records.drop_duplicates(["unit_key", "metric"], keep="last")
-    runs = sorted(records["run_id"].astype(str).unique())
-    if len(runs) <= 1:
-        return records
-    keep = records["run_id"].astype(str) == runs[-1]
-    warnings.warn(
-        f"aggregate: {source} holds {len(runs)} runs; keeping the newest ({runs[-1]}) and dropping "
-        f"{int((~keep).sum())} rows of {', '.join(runs[:-1])}", stacklevel=2,
-    )
-    return records[keep]
+    fields = [f for f in UNIT_FIELDS if f in records.columns]
+    ordered = records.assign(_run=records["run_id"].astype(str)).sort_values("_run", kind="stable")
+    kept = ordered.drop_duplicates(fields, keep="last").drop(columns="_run").sort_index()
+    if len(kept) < len(records):
+        warnings.warn(f"aggregate: {source} has no unit keys; {len(records) - len(kept)} rows repeat a unit "
+                      "of a newer run and were dropped", stacklevel=2)
+    return kept
 
 
 @dataclass
@@ -79,9 +86,16 @@ class AggregateOutput:
 
 
 def aggregate(
-    paths: Iterable[str | Path], out_dir: str | Path, title: str | None = None, sweep_param: str | None = None
+    paths: Iterable[str | Path], out_dir: str | Path, title: str | None = None, sweep_param: str | None = None,
+    reference: str | None = None,
 ) -> AggregateOutput:
     """Write the combined rows, ``summary.csv``, ``paper_table.{csv,md}`` and plots into ``out_dir``.
+
+    Paired verdicts against ``reference`` (None: the runs' configured ``reference``, else ``ddim`` if
+    present, :func:`eval.report.pairing.resolve_reference`) go into ``paper_table.md`` and
+    ``paired_verdicts.csv``; the leaderboard into ``leaderboard.md``, ``leaderboard.csv`` and
+    ``leaderboard_<regime>.png`` (:mod:`eval.report.leaderboard`; reconstruction runs with a gap to
+    the VAE ceiling only).
 
     ``quality_vs_time.png`` is drawn when PSNR and times are present; with ``sweep_param`` (an
     inverter hyperparameter swept across the runs, e.g. ``max_iters``) also ``convergence.png``;
@@ -96,8 +110,17 @@ def aggregate(
     out.mkdir(parents=True, exist_ok=True)
     combined = out / COMBINED_FILE
     records.to_csv(combined, index=False)
-    result = AggregateOutput(combined, write_tables(records, out, title))
+    reference = resolve_reference(records, reference)
+    verdicts = paired_verdicts(records, reference)
+    result = AggregateOutput(combined, write_tables(records, out, title, reference, verdicts))
+    if not verdicts.empty:
+        result.tables.append(out / VERDICTS_FILE)
+        verdicts.to_csv(result.tables[-1], index=False)
     metrics = set(add_total_time(records)["metric"])
+    if GAP in metrics:
+        board = write_leaderboard(records, out, reference, title)
+        result.tables.extend(p for p in board if p.suffix != ".png")
+        result.plots.extend(p for p in board if p.suffix == ".png")
     if {"psnr", TIME_TOTAL} <= metrics:
         result.plots.append(quality_vs_time(records, out / "quality_vs_time.png"))
     if sweep_param:

@@ -4,8 +4,13 @@ Every number is a mean over images with its 95% confidence interval (Student t, 
 never pooled within a batch), clipped to what the metric can be (:func:`clipped_interval`: no
 negative times or NFE, rates in [0, 1], no PSNR above the VAE ceiling from the interval alone) and
 left out when fewer than :data:`MIN_N_FOR_INTERVAL` images have a value. A mean is bold only when
-its interval does not overlap the runner-up's (the rule is printed under every table). Rows with status other than ``ok`` are counted, not averaged:
-a cell shows ``n/a`` when no image has a value and a footnote gives the reason.
+the paired verdict against the reference method says ``better`` (:mod:`eval.report.paired`; never
+from unpaired intervals); exact-by-construction methods are marked ‡ instead of bolded on their
+reconstruction columns and a ``kept (latents)`` column says what each method stores
+(:mod:`eval.report.fair`); time cells of runs timed under load are marked †
+(:mod:`eval.report.load`). The rules are printed under every table. Rows with status other than
+``ok`` are counted, not averaged: a cell shows ``n/a`` when no image has a value and a footnote
+gives the reason.
 
 Methods and settings are labelled from the table itself: ``method`` is the inverter name plus
 the hyperparameters that differ between runs of that inverter (``gnri[max_iters=1]``), and
@@ -56,22 +61,27 @@ PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("time_invert_s", "invert (s)", "{:.3g}"),
     ("time_network_call_s", "network call (s)", "{:.3g}"),
     ("overhead_ratio", "x network", "{:.3g}"),
+    ("overhead_ratio_bare", "x bare", "{:.3g}"),
     ("time_edit_s", "edit (s)", "{:.3g}"),
     ("nfe_forward", "NFE", "{:.4g}"),
     ("nfe_backward", "VJP", "{:.4g}"),
 )
-NOT_RANKED = ("time_network_call_s",)  # the model's, not the method's: never bold
+NOT_RANKED = ("time_network_call_s", "overhead_ratio_bare")  # the model's, not the method's: never bold
 MIN_N_FOR_INTERVAL = 3  # fewer images than this: no interval is shown (the t interval is meaningless)
-BOLD_RULE = ("**Bold**: the best mean of a column, only where its interval does not overlap the runner-up's "
-             f"(both n ≥ {MIN_N_FOR_INTERVAL}); intervals are clipped to the metric's range and omitted for n < "
-             f"{MIN_N_FOR_INTERVAL}; `n` is the number of images with a result.")
+BOLD_RULE = ("**Bold**: better than the reference method by the paired verdict (paired bootstrap interval and "
+             "Holm-corrected Wilcoxon test on the images both finished; rule below), never from overlapping unpaired "
+             f"intervals; intervals are clipped to the metric's range and omitted for n < {MIN_N_FOR_INTERVAL}; "
+             "`n` is the number of images with a result.")
+# Reconstruction-quality columns on which an exact-by-construction method (eval.report.fair) is marked, never bold.
+EXACT_UNRANKED = ("psnr", "psnr_gap_to_vae", FAILURE_RATE, "ssim", "lpips", "lpips_vgg", "clip_score", "recon_psnr")
 # What a metric's mean can be: exact names first, then name prefixes and suffixes; anything else is unbounded.
 BOUNDS: dict[str, tuple[float, float]] = {
     "edit_success": (0.0, 1.0), "latent_ks_stat": (0.0, 1.0), "ssim": (-1.0, 1.0), "bg_ssim": (-1.0, 1.0),
     "clip_score": (0.0, 100.0), "clip_whole": (0.0, 100.0), "clip_edited": (0.0, 100.0),
     "psnr": (0.0, math.inf), "psnr_vae_ceiling": (0.0, math.inf), "bg_psnr": (0.0, math.inf),
     "recon_psnr": (0.0, math.inf), "latent_rmse": (0.0, math.inf), "latent_var": (0.0, math.inf),
-    "overhead_ratio": (0.0, math.inf),
+    "overhead_ratio": (1.0, math.inf),  # in-run: a method never spends less than its own network calls
+    "overhead_ratio_bare": (0.0, math.inf), "non_network_share": (0.0, 1.0),
 }
 NONNEGATIVE_PREFIXES = ("time_", "nfe_", "lpips", "bg_lpips", "bg_mse", "residual_", "peak_memory", "structure_")
 RATE_SUFFIXES = ("_rate", "_success", "_fraction")
@@ -308,44 +318,89 @@ def _cell(mean: float, half: float, low: float, high: float, fmt: str) -> str:
     return f"{fmt.format(mean)} [{fmt.format(low)}, {fmt.format(high)}]"
 
 
-def paper_markdown(records: pd.DataFrame, title: str | None = None) -> str:
-    """Markdown: one paper-style table per model x setting, best method per column in bold, footnotes."""
+def paper_markdown(records: pd.DataFrame, title: str | None = None, reference: str | None = None,
+                   verdicts: pd.DataFrame | None = None) -> str:
+    """Markdown: one paper-style table per model x setting, footnotes and rules. A cell is bold only where
+    the paired verdict of its method against ``reference`` (default: :func:`eval.report.pairing.resolve_reference`)
+    is ``better``; ``verdicts`` (:func:`eval.report.pairing.paired_verdicts`) may be passed precomputed."""
+    from eval.report.fair import EXACT_MARK, EXACT_NOTE, KEPT_HEADER, fair_columns, kept_cell
+    from eval.report.load import LOAD_MARK, UNDER_LOAD_NOTE
+    from eval.report.paired import BETTER, VERDICT_RULE
+    from eval.report.pairing import is_timing, loaded_methods, paired_verdicts, resolve_reference
+
     if records.empty:
         return "_no results_\n"
     wide, summary = paper_table(records), summarize(records)
     present = [(m, h, f) for m, h, f in PAPER_COLUMNS if m in wide.columns]
     higher = {m: bool(g["higher_is_better"].iloc[0]) for m, g in summary.groupby("metric")}
+    reference = resolve_reference(records, reference)
+    if verdicts is None:
+        ranked = [m for m, _, _ in present if m not in NOT_RANKED]
+        verdicts = paired_verdicts(records, reference, ranked)
+    better = {tuple(k) for k in verdicts.loc[verdicts["verdict"] == BETTER, ["model", "setting", "method", "metric"]]
+              .itertuples(index=False)}
+    labelled = label_methods(records)
+    fair_flat = fair_columns(labelled)
+    fair = fair_flat.set_index(["model", "setting", "method"])
+    loaded = loaded_methods(records)
     parts = [f"## {title}\n"] if title else []
     banner = tiny_banner(records)
     if banner:
         parts += [banner, ""]
+    marks = {"exact": False, "load": False, "kept": False}
     for (model, setting), block in wide.groupby(["model", "setting"], sort=False):
         cols = [(m, h, f) for m, h, f in present if _shown(block, summary, model, setting, m)]
         up = {m: higher.get(m, DEFAULT_HIGHER.get(m, False)) for m, _, _ in cols}
-        header = ["method"] + [f"{h} {'↑' if up[m] else '↓'}" for m, h, _ in cols] + ["n"]
-        methods = block[block["method"] != VAE_ROW]
-        best = {m: _best(methods, m, up[m]) for m, _, _ in cols if m not in NOT_RANKED}
+        show_kept = bool(((fair_flat["model"] == model) & (fair_flat["setting"] == setting)
+                          & (fair_flat["source"] != "n/a")).any())
+        marks["kept"] |= show_kept
+        header = (["method"] + [f"{h} {'↑' if up[m] else '↓'}" for m, h, _ in cols]
+                  + ([f"{KEPT_HEADER} ↓"] if show_kept else []) + ["n"])
         body = []
         for _, r in block.iterrows():
-            cells = [str(r["method"])]
+            method, key = str(r["method"]), (model, setting, str(r["method"]))
+            exact = key in fair.index and bool(fair.loc[key, "exact"])
+            is_loaded = key in loaded
+            marks["exact"] |= exact
+            marks["load"] |= is_loaded
+            cells = [f"{method} {EXACT_MARK}" if exact else method]
             for m, _, fmt in cols:
                 text = _cell(r[m], r[f"{m}_ci95"], r[f"{m}_ci_low"], r[f"{m}_ci_high"], fmt)
-                if r["method"] != VAE_ROW and best.get(m) == r["method"]:
+                if (*key, m) in better and not (exact and m in EXACT_UNRANKED):
                     text = f"**{text}**"
-                cells.append(text if r["method"] != VAE_ROW or m == "psnr" else "")
+                if is_loaded and is_timing(m) and text != "n/a":
+                    text = f"{text} {LOAD_MARK}"
+                cells.append(text if method != VAE_ROW or m == "psnr" else "")
+            if show_kept:
+                cells.append(kept_cell(float(fair.loc[key, "kept"])) if key in fair.index else "")
             body.append(cells + [str(int(r["n"]))])
         parts += [f"### {model} · {setting}\n", markdown_table(header, body), ""]
     notes = _footnotes(summary)
     if notes:
         parts += ["Notes:", *notes, ""]
     parts.append(f"Mean ± {int(CI_LEVEL * 100)}% confidence interval over images (Student t). {BOLD_RULE}")
+    if not verdicts.empty:
+        parts += [f"Reference: `{reference}`.", VERDICT_RULE]
+    else:
+        parts.append(f"The reference `{reference}` is not among these methods: nothing is bold." if reference else
+                     "No reference method in these runs: nothing is bold.")
+    if marks["exact"]:
+        parts.append(EXACT_NOTE + "; such rows are never bold on reconstruction columns.")
+    if marks["kept"]:
+        parts.append(f"`{KEPT_HEADER}`: latent-sized tensors (or per-step state) the method keeps to reconstruct; "
+                     "`n/a`: not recorded.")
+    if marks["load"]:
+        parts.append(f"{LOAD_MARK} {UNDER_LOAD_NOTE}: the machine's load average exceeded what a lone run reaches "
+                     "(eval/machine.py); these times are not compared.")
     if FAILURE_RATE in wide.columns:
         parts.append(f"`fail`: the share of images more than {FAILURE_GAP_DB:g} dB under the VAE ceiling (or on which "
                      "the method failed): a mean PSNR hides them.")
     if "overhead_ratio" in wide.columns:
-        parts.append("`network call`: the bare network's seconds per forward pass, timed in the same run the same "
-                     "way; `x network`: inversion time / (NFE x network call + VJP x network backward): 1 is the "
-                     "network alone, the rest is the method's and the harness's own cost.")
+        parts.append("`x network`: inversion time / the seconds spent inside the network during that inversion (the "
+                     "same calls, the same run; forward and backward): 1 is the network alone, the rest is the "
+                     "method's and the harness's own cost, so it never reads below 1. `network call`: the bare "
+                     "network's seconds per forward pass, timed apart in the same run (what an ideal loop would "
+                     "cost); `x bare`: inversion time / (NFE x network call + VJP x bare backward), the older ratio.")
     return "\n".join(parts) + "\n"
 
 
@@ -355,22 +410,6 @@ def _shown(block: pd.DataFrame, summary: pd.DataFrame, model: str, setting: str,
         return bool((block[metric].fillna(0) != 0).any())
     s = summary[(summary["model"] == model) & (summary["setting"] == setting) & (summary["metric"] == metric)]
     return not s.empty
-
-
-def _best(methods: pd.DataFrame, metric: str, higher: bool) -> str | None:
-    """The method with the best finite mean of ``metric``, only if its clipped interval does not
-    overlap the runner-up's (both must have one); else None (ties, n < 3, overlapping intervals)."""
-    rows = methods[np.isfinite(methods[metric].astype(float))]
-    if len(rows) < 2:
-        return None
-    rows = rows.sort_values(metric, ascending=not higher, kind="stable")
-    best, second = rows.iloc[0], rows.iloc[1]
-    lows = (float(best[f"{metric}_ci_low"]), float(second[f"{metric}_ci_low"]))
-    highs = (float(best[f"{metric}_ci_high"]), float(second[f"{metric}_ci_high"]))
-    if not all(map(math.isfinite, (*lows, *highs))) or best[metric] == second[metric]:
-        return None
-    separated = lows[0] > highs[1] if higher else highs[0] < lows[1]
-    return str(best["method"]) if separated else None
 
 
 def _footnotes(summary: pd.DataFrame) -> list[str]:
@@ -393,8 +432,10 @@ def _footnotes(summary: pd.DataFrame) -> list[str]:
     return notes
 
 
-def write_tables(records: pd.DataFrame, out_dir: str | Path, title: str | None = None) -> list[Path]:
-    """Write ``summary.csv``, ``paper_table.csv`` and ``paper_table.md`` into ``out_dir``; returns the paths.
+def write_tables(records: pd.DataFrame, out_dir: str | Path, title: str | None = None,
+                 reference: str | None = None, verdicts: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``summary.csv``, ``paper_table.csv`` and ``paper_table.md`` (with the paired verdicts against
+    ``reference``, :mod:`eval.report.verdict_table`) into ``out_dir``; returns the paths.
 
     Runs of a paper preset (config ``paper_preset``) also get the paper's numbers beside theirs
     (:mod:`eval.report.paper_numbers`): ``<metric>_paper`` / ``<metric>_difference`` columns in
@@ -407,8 +448,15 @@ def write_tables(records: pd.DataFrame, out_dir: str | Path, title: str | None =
     summarize(records).to_csv(paths[0], index=False)
     comparison = paper_comparison(records)  # runs of a paper preset: the paper's numbers beside ours
     add_paper_columns(paper_table(records), comparison).to_csv(paths[1], index=False)
-    paths[2].write_text(paper_markdown(records, title) + ("\n" + comparison_markdown(comparison) if not comparison.empty
-                                                          else ""), encoding="utf-8")
+    from eval.report.pairing import paired_verdicts, resolve_reference
+    from eval.report.verdict_table import VERDICT_METRICS, verdict_markdown
+
+    reference = resolve_reference(records, reference)
+    verdicts = paired_verdicts(records, reference) if verdicts is None else verdicts
+    shown = verdicts[verdicts["metric"].isin([m for m, _ in VERDICT_METRICS])]
+    section = verdict_markdown(records, reference, shown)
+    paths[2].write_text(paper_markdown(records, title, reference, verdicts) + ("\n" + section if section else "")
+                        + ("\n" + comparison_markdown(comparison) if not comparison.empty else ""), encoding="utf-8")
     if not comparison.empty:
         paths.append(out / "paper_comparison.csv")
         comparison.to_csv(paths[-1], index=False)
