@@ -68,7 +68,7 @@ from eval.edit_data import EditEntry, fit_mask
 from eval.distributed import Shard
 from eval.finite import check_finite
 from eval.cache import TensorCache
-from eval.harness import BrokenAdapter, cached_conditioning, cached_image, image_cache_key, is_adapter
+from eval.harness import BrokenAdapter, RefusedAdapter, cached_conditioning, cached_image, image_cache_key, is_adapter
 from eval.loop import Rows, run_units
 from eval.metrics.base import ImageMetric
 from eval.metrics.masked import (
@@ -186,7 +186,8 @@ class _Task:
         try:
             self.setup()
             if self.error is not None:
-                return self.make_rows(unit, {}, "failed", self.error)
+                status = "skipped" if isinstance(self.adapter, RefusedAdapter) else "failed"
+                return self.make_rows(unit, {}, status, self.error)
             return self.make_rows(unit, measure())
         except Skip as err:
             return self.make_rows(unit, {}, "skipped", str(err))

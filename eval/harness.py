@@ -16,8 +16,9 @@ to compute. Per batch of images (``batch_size``, default 1), in this order:
    serves all B (their prompts encoded together; a stored-noise grid repeats the batch-1 noise
    for every image, so each image sees exactly what it sees alone);
 3. invert (timed; median of ``repeats``; peak memory; NFE of one inversion counted by
-   :class:`gnri.core.CountingDenoiser`) under ``torch.no_grad()`` (an inverter that needs
-   gradients enables them itself);
+   :class:`gnri.core.CountingDenoiser`, which also clocks the seconds spent inside the network
+   during each timed repeat: the in-run rows of :mod:`eval.records`) under ``torch.no_grad()``
+   (an inverter that needs gradients enables them itself);
 4. reconstruct with :func:`gnri.core.reconstruct` (timed and counted separately);
 5. untimed: per-step residuals (:func:`gnri.core.step_residuals`), decode, metrics, how
    Gaussian the inverted latent is, and (with ``out_dir``) the source and reconstruction PNGs.
@@ -25,7 +26,7 @@ to compute. Per batch of images (``batch_size``, default 1), in this order:
 Every row is one image's: a batch's times are divided by its size, its NFE and peak memory are
 the batch's. Every inverter here is batch-separable (each image's iterates and per-image
 stopping rules depend on that image alone; ``tests/test_batching.py`` checks each against batch
-1); one that is not sets ``batch_separable = False`` on its function and runs image by image,
+1); one that is not declares ``@inverter_info(batch_separable=False)`` (:mod:`gnri.catalog`) and runs image by image,
 with ``batch_size`` 1 in its rows.
 
 Failures never stop the sweep: they become rows (see :mod:`eval.records` for statuses). An
@@ -55,7 +56,7 @@ from eval.loop import run_units
 from eval.machine import warn_if_loaded
 from eval.metrics.base import ImageMetric
 from eval.metrics.gaussianity import LatentGaussianity
-from eval.metrics.latent import latent_rmse
+from eval.metrics.latent import kept_latents, latent_rmse
 from eval.metrics.psnr import psnr
 from eval.records import (
     GAUSSIANITY_ROWS,
@@ -68,15 +69,18 @@ from eval.records import (
 )
 from eval.settings import RunSettings, settings_from_kwargs
 from eval.timing import (
+    InRunNetwork,
     NetworkTimes,
     PeakMemory,
     bare_network_times,
     generation_peak_mb,
     memory_beyond_generation,
     time_call,
+    time_with_network_clock,
 )
 from eval.units import Unit, plan_units
 from eval.validate import task_refusal
+from gnri.catalog import info_of
 from gnri.core import (
     Conditioning,
     CountingDenoiser,
@@ -133,6 +137,15 @@ class BrokenAdapter:
 
     def __getattr__(self, attr: str) -> Any:
         raise AttributeError(f"BrokenAdapter {self.name} has no {attr}")
+
+
+@dataclass
+class RefusedAdapter(BrokenAdapter):
+    """Stands in for a model the run's method does not apply to (its family or the task, known
+    before loading): every image of the run gets ``skipped`` rows naming why; nothing loads."""
+
+    def image_size(self) -> tuple[int, int]:
+        raise _Skip(_one_line(self.error))
 
 
 def is_adapter(obj: Any) -> bool:
@@ -277,6 +290,8 @@ def _probe(run: _Run) -> tuple[int, str, str, tuple[str, str] | None]:
         run.denoiser = run.adapter.denoiser()
     except _Fail as err:
         return 0, "unknown", "unknown", ("failed", str(err))
+    except _Skip as err:  # a RefusedAdapter: the method does not apply to this model or task
+        return 0, "unknown", "unknown", ("skipped", str(err))
     except ValueError as err:
         return 0, "unknown", "unknown", ("skipped", f"does not apply: {_one_line(err)}")
     except Exception as err:  # noqa: BLE001 - recorded on every row instead
@@ -289,10 +304,7 @@ def _probe(run: _Run) -> tuple[int, str, str, tuple[str, str] | None]:
 
 def batch_separable(inverter: Inverter) -> bool:
     """Whether an inverter may take a batch (False only where its function says so)."""
-    fn: Any = inverter
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return bool(getattr(fn, "batch_separable", True))
+    return info_of(inverter).batch_separable
 
 
 Outcome = tuple[str, str, dict[str, Any]]  # (status, reason, metric values)
@@ -507,12 +519,9 @@ def _measure(run: _Run, entries: Sequence[Entry], images: Sequence[_Image]) -> l
     clock = getattr(run.adapter, "compile_clock", None)
     compiles = clock.compiles if clock is not None else 0
 
-    def invert_once() -> InversionResult:
-        counting.counter.reset()
-        return _invert(run, counting, batch)
-
     with PeakMemory(device) as memory:
-        inverted = time_call(invert_once, device, run.settings.repeats)
+        inverted, in_run = time_with_network_clock(lambda: _invert(run, counting, batch), counting.counter, device,
+                                                   run.settings.repeats)
     result: InversionResult = inverted.value  # type: ignore[assignment]
     nfe_forward, nfe_backward = counting.counter.forward, counting.counter.backward
     if clock is not None and clock.compiles != compiles:
@@ -539,7 +548,10 @@ def _measure(run: _Run, entries: Sequence[Entry], images: Sequence[_Image]) -> l
         "peak_memory_mb": memory.mb,
         "peak_memory_extra_mb": memory_beyond_generation(memory.mb, run.generations[batch.size]),
         "compile_s": clock.seconds if clock is not None else 0.0,  # nothing compiled without model.compile
+        "kept_latents": kept_latents(result, batch.cond),  # what reconstruction replays, in latents
+        "exact_by_construction": float(info_of(run.inverter).exact_reconstruction),
         **_overhead(run.networks[batch.size], inverted.median_s, nfe_forward, nfe_backward),
+        **_in_run_values(in_run, batch.size),
     }
     pixels = batch.pixels.to(decoded.device)
     scores = psnr(decoded, pixels)
@@ -592,19 +604,38 @@ def _network_times(run: _Run, img: _Batch, device: torch.device) -> NetworkTimes
 
 
 def _overhead(network: NetworkTimes | None, invert_s: float, nfe_forward: int, nfe_backward: int) -> dict[str, Any]:
-    """The bare network's times and the method's overhead ratio over them (a str: why missing)."""
+    """The bare network's times and ``overhead_ratio_bare``, the inversion over them (a str: why
+    missing): what an ideal loop around this network would cost, timed apart from the method."""
     if network is None or network.forward_s is None:
         why = Unavailable(network.reason if network is not None else "not measured")
-        return {"time_network_call_s": why, "time_network_backward_s": why, "overhead_ratio": why}
+        return {"time_network_call_s": why, "time_network_backward_s": why, "overhead_ratio_bare": why}
     missing = Unavailable(network.reason)
     out: dict[str, Any] = {"time_network_call_s": network.forward_s,
                            "time_network_backward_s": network.backward_s if network.backward_s is not None
                            else missing}
     if nfe_backward and network.backward_s is None:
-        out["overhead_ratio"] = missing
+        out["overhead_ratio_bare"] = missing
     else:
         network_s = nfe_forward * network.forward_s + nfe_backward * (network.backward_s or 0.0)
-        out["overhead_ratio"] = invert_s / network_s if network_s > 0 else "no network evaluation"
+        out["overhead_ratio_bare"] = invert_s / network_s if network_s > 0 else "no network evaluation"
+    return out
+
+
+def _in_run_values(in_run: InRunNetwork, batch_size: int) -> dict[str, Any]:
+    """The in-run network rows (seconds per image, as ``time_invert_s``); the ratio and share are
+    unavailable where no network time was recorded or a backward pass could not be timed."""
+    out: dict[str, Any] = {"time_network_forward_in_run_s": in_run.forward_s / batch_size,
+                           "time_network_backward_in_run_s": in_run.backward_s / batch_size,
+                           "overhead_ratio": in_run.overhead_ratio, "non_network_share": in_run.non_network_share}
+    why = None
+    if in_run.unmeasured_backward:
+        why = Unavailable(f"{in_run.unmeasured_backward} backward pass(es) reached no input of the network call: "
+                          "not timed")
+        out["time_network_backward_in_run_s"] = why
+    elif in_run.overhead_ratio is None:
+        why = Unavailable("no network evaluation inside the timed inversion")
+    if why is not None:
+        out["overhead_ratio"] = out["non_network_share"] = why
     return out
 
 

@@ -4,6 +4,11 @@ Timing: the caller warms up first (untimed); each timed call is bracketed by
 ``torch.cuda.synchronize()`` on CUDA (what ``torch.utils.benchmark.Timer`` does) and read with
 ``time.perf_counter``; the reported time is the median over ``repeats`` calls.
 
+The network's own seconds inside a timed inversion are clocked by the counting wrapper
+(:class:`gnri.core.CountingDenoiser`, on the same calls; :func:`time_with_network_clock`,
+:class:`InRunNetwork`); the bare network is also timed apart (:func:`bare_network_times`: what
+an ideal loop around it would cost).
+
 Peak memory of one call: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``
 after ``reset_peak_memory_stats``); on CPU the process's peak resident set size (RSS) seen by a
 sampling thread during the call (psutil; without psutil, the process-lifetime peak RSS).
@@ -16,9 +21,11 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
+
+from gnri.core.counting import NetworkClock, NetworkSeconds, NFECounter
 
 T = TypeVar("T")
 MIB = 1024.0 * 1024.0
@@ -118,7 +125,8 @@ def bare_network_times(
 ) -> NetworkTimes:
     """Time the network alone the way methods are timed: the same inputs (prepared once, outside
     the clock), dtype and attention backend, ``warmup`` untimed calls, device synchronised,
-    median of ``repeats``. ``backward``: also forward + backward to the input, minus forward.
+    median of ``repeats``. ``backward``: also forward + backward to the input, minus forward (left
+    out, with why, where that difference is not positive: two medians apart cannot resolve it).
 
     Needs ``denoiser.network_call(z, level, cond, grad=False)`` (the adapters' denoisers have it).
     """
@@ -133,11 +141,63 @@ def bare_network_times(
         return time_call(call, device, repeats).median_s
 
     forward = median(make(z, level, cond))  # type: ignore[operator]
-    backward_s = None
-    if backward:
-        both = median(make(z, level, cond, grad=True))  # type: ignore[operator]
-        backward_s = max(both - forward, 0.0) / per_call
-    return NetworkTimes(forward / per_call, backward_s)
+    if not backward:
+        return NetworkTimes(forward / per_call)
+    both = median(make(z, level, cond, grad=True))  # type: ignore[operator]
+    if both <= forward:
+        return NetworkTimes(forward / per_call, None, f"forward+backward ({both:.3g} s) timed no slower than "
+                                                      f"forward ({forward:.3g} s): clock noise")
+    return NetworkTimes(forward / per_call, (both - forward) / per_call)
+
+
+@dataclass(frozen=True)
+class InRunNetwork:
+    """The network's share of a timed inversion, from :class:`gnri.core.counting.NetworkClock`
+    readings of the same calls: medians over repeats of the whole batch's forward and backward
+    seconds inside the network, of ``overhead_ratio = inversion / network`` (>= 1: the network
+    passes are inside the inversion) and of ``non_network_share = 1 - network / inversion``
+    (None where no network time was recorded); ``unmeasured_backward``: backward passes the
+    clock could not bracket (the most of any repeat)."""
+
+    forward_s: float
+    backward_s: float
+    overhead_ratio: float | None
+    non_network_share: float | None
+    unmeasured_backward: int
+
+    @property
+    def total_s(self) -> float:
+        return self.forward_s + self.backward_s
+
+
+def in_run_network(invert_s: Sequence[float], network: Sequence[NetworkSeconds]) -> InRunNetwork:
+    """Pair each repeat's inversion seconds with its in-run network seconds (same length, >= 1)."""
+    if len(invert_s) != len(network) or not network:
+        raise ValueError(f"need one network reading per timed repeat, got {len(network)} for {len(invert_s)}")
+    measured = [(t, n.total_s) for t, n in zip(invert_s, network) if n.total_s > 0]
+    ratio = statistics.median(t / n for t, n in measured) if measured else None
+    share = statistics.median(1.0 - n / t for t, n in measured) if measured else None
+    return InRunNetwork(statistics.median(n.forward_s for n in network), statistics.median(n.backward_s for n in network),
+                        ratio, share, max(n.unmeasured_backward for n in network))
+
+
+def time_with_network_clock(
+    fn: Callable[[], T], counter: NFECounter, device: torch.device, repeats: int = 1
+) -> tuple[Timed, InRunNetwork]:
+    """:func:`time_call` of ``fn`` (an inversion through a :class:`gnri.core.CountingDenoiser`
+    whose counter is ``counter``), with ``counter`` reset before each repeat and its network clock
+    set aside after it (no synchronisation inside the timed region); the clocks are read once at
+    the end. The counts left in ``counter`` are the last repeat's."""
+    laps: list[NetworkClock] = []
+
+    def once() -> T:
+        counter.reset()
+        out = fn()
+        laps.append(counter.clock.take())
+        return out
+
+    timed = time_call(once, device, repeats)
+    return timed, in_run_network(timed.times_s, [lap.read() for lap in laps])
 
 
 def generation_peak_mb(generate: Callable[[], object], device: torch.device) -> float:

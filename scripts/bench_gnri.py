@@ -12,7 +12,10 @@ decoded reconstruction against the decoded ``x0`` and against the input image, t
 latter to the VAE ceiling (encode then decode, no diffusion), network
 forwards and backwards per inversion (per batch call; x2 with guidance), and the inversion time
 as a multiple of DDIM inversion's and in milliseconds for the whole batch (medians of ``--repeats``
-after ``--warmup`` untimed runs; CUDA is synchronised before each clock read).
+after ``--warmup`` untimed runs; CUDA is synchronised before each clock read), then the seconds
+spent inside the network during those inversions (``net ms``: the counting wrapper's in-run clock,
+forward and backward, on the same calls) and ``x net``, the inversion time over it (never below 1).
+Each block's first line is the bare network's call time, timed apart (what an ideal loop costs).
 
 ``--latents randn`` (default) draws unit-normal latents (the scale of a real VAE's scaled latents)
 and uses their decodings as the input images, so both PSNR columns agree and the VAE ceiling is
@@ -43,7 +46,7 @@ from baselines import anderson as aidi  # noqa: E402
 from baselines import ddim, edict, fixed_point  # noqa: E402
 from eval.data import sample_dataset  # noqa: E402
 from eval.metrics.psnr import psnr  # noqa: E402
-from eval.timing import bare_network_times, time_call  # noqa: E402
+from eval.timing import InRunNetwork, bare_network_times, time_with_network_clock  # noqa: E402
 from gnri.core import CountingDenoiser, Level, reconstruct, step_residuals  # noqa: E402
 from gnri.methods import anderson, gnri, gnri_2x, gnri_official, newton_krylov  # noqa: E402
 from gnri.models.base import ScheduleSpec  # noqa: E402
@@ -63,6 +66,7 @@ class Row:
     forward: int
     backward: int
     seconds: float
+    network: InRunNetwork
 
 
 def official_transcription(
@@ -102,6 +106,83 @@ def official_transcription(
             x = best
             traj.append(x)
     return SimpleNamespace(z=x, trajectory=tuple(traj), steps=(), cond_per_step=None, sampler=None)
+
+
+def _diffusers_schedulers(config: Any, num_steps: int, **overrides: Any) -> tuple[Any, Any]:
+    """Fresh (DDIMInverseScheduler, DDIMScheduler) from a scheduler config with ``set_timesteps(num_steps)``;
+    ``prediction_type`` forced to ``epsilon`` because they are fed ``Prediction.eps``."""
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+    pair = []
+    for cls in (DDIMInverseScheduler, DDIMScheduler):
+        sched = cls.from_config(config, **{**overrides, "prediction_type": "epsilon"})
+        sched.set_timesteps(num_steps)
+        pair.append(sched)
+    return pair[0], pair[1]
+
+
+def _vp(alphabar: Any, t: int) -> Level:
+    """The VP level of a table entry (``a = sqrt(alphabar)``), at network timestep ``t``."""
+    ab = float(alphabar)
+    return Level(float(t), ab**0.5, (1.0 - ab) ** 0.5)
+
+
+def diffusers_transcription(
+    denoiser: Any, x0: torch.Tensor, grid: Any, cond: Any, *, scheduler_config: Any, num_steps: int,
+    lam: float = 0.1, n_iters: int = 2, **overrides: Any,
+) -> Any:
+    """A second, grid-free transcription of the public code (issue 26): the levels come from diffusers'
+    ``DDIMInverseScheduler`` (its timesteps, ``alphas_cumprod`` and ``initial_alpha_cumprod``) and every
+    ``f`` is ``DDIMInverseScheduler.step``; reconstruction is ``DDIMScheduler.step`` over its own
+    timesteps (the result's ``sampler``), so ``grid`` is never read. Start from the previous latent, the
+    first probe is the DDIM-inversion call (the network at ``t`` on the cleaner latent), score
+    ``mean(|f - z| + (lam/2) (f - sqrt(abar_t) z0)^2 / (1 - abar_t))``, step ``z + score sign(f - z)``,
+    keep the best ``f``; ``n_iters=1`` is plain DDIM inversion. ``overrides``: scheduler-config ablations."""
+    from types import SimpleNamespace
+
+    inv, fwd = _diffusers_schedulers(scheduler_config, num_steps, **overrides)
+    ratio = inv.config.num_train_timesteps // num_steps
+    x, traj = x0, [x0]
+    with torch.no_grad():
+        for t in (int(t) for t in inv.timesteps):
+            src = min(t - ratio, inv.config.num_train_timesteps - 1)
+            src_level = _vp(inv.alphas_cumprod[src] if src >= 0 else inv.initial_alpha_cumprod, t)
+            dst_level = _vp(inv.alphas_cumprod[t], t)
+            z, best = x, x
+            best_score = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
+            for k in range(n_iters):
+                eps = denoiser(z, src_level if k == 0 else dst_level, cond).eps
+                f = inv.step(eps, t, x).prev_sample.to(x.dtype)
+                prior = (f - dst_level.a * x0) ** 2 / dst_level.s**2
+                score = ((f - z).abs() + (lam / 2) * prior).flatten(1).mean(dim=1)
+                take = (score < best_score).view(-1, *([1] * (x.dim() - 1)))
+                best, best_score = torch.where(take, f, best), torch.minimum(score, best_score)
+                z = z + score.view(-1, *([1] * (x.dim() - 1))) * torch.sign(f - z)
+            x = best
+            traj.append(x)
+
+    def sampler(den: Any, _grid: Any, c: Any, z_t: torch.Tensor) -> torch.Tensor:
+        z = z_t
+        with torch.no_grad():
+            for t in (int(t) for t in fwd.timesteps):
+                z = fwd.step(den(z, _vp(fwd.alphas_cumprod[t], t), c).eps, t, z).prev_sample.to(z_t.dtype)
+        return z
+
+    return SimpleNamespace(z=x, trajectory=tuple(traj), steps=(), cond_per_step=None, sampler=sampler)
+
+
+def diffusers_methods(scheduler_config: Any, num_steps: int) -> dict[str, Callable[..., Any]]:
+    """Issue 26: DDIM inversion and the public code's step on diffusers' own DDIM tables (not the grid),
+    with two scheduler-config ablations (the clean end at alphabar 1; timesteps without the offset)."""
+    bound = partial(diffusers_transcription, scheduler_config=scheduler_config, num_steps=num_steps)
+    return {
+        "ddim[diffusers]": partial(bound, n_iters=1),
+        "transcription[diffusers]": bound,
+        "ddim[diffusers,alpha_to_one]": partial(bound, n_iters=1, set_alpha_to_one=True),
+        "transcription[diffusers,alpha_to_one]": partial(bound, set_alpha_to_one=True),
+        "ddim[diffusers,offset=0]": partial(bound, n_iters=1, steps_offset=0),
+        "transcription[diffusers,offset=0]": partial(bound, steps_offset=0),
+    }
 
 
 def official_methods() -> dict[str, Callable[..., Any]]:
@@ -212,6 +293,12 @@ def load_model(name: str, device: str = "cpu") -> Any:
     return tiny_adapter(name, device=device)
 
 
+def _ddim_config(adapter: Any, spacing: str | None) -> dict[str, Any]:
+    """The adapter's scheduler config, with the run's ``--spacing`` where one is given."""
+    config = dict(adapter.pipe.scheduler.config)
+    return config | ({"timestep_spacing": spacing} if spacing else {})
+
+
 def load_images(adapter: Any, count: int, world: bool) -> tuple[torch.Tensor, list[str]]:
     """The first ``count`` images (built-in sample, or held-out world scenes), resized to the
     model's size, and their captions."""
@@ -229,18 +316,14 @@ def load_images(adapter: Any, count: int, world: bool) -> tuple[torch.Tensor, li
 
 def run_method(
     fn: Callable[..., Any], adapter: Any, x0: torch.Tensor, grid: Any, cond: Any, warmup: int, repeats: int
-) -> tuple[Any, int, int, float]:
-    """Invert (warm-up, then timed repeats); NFE of one inversion; median seconds."""
+) -> tuple[Any, int, int, float, InRunNetwork]:
+    """Invert (warm-up, then timed repeats); NFE of one inversion; median seconds; the network's
+    seconds inside the timed inversions (the counting wrapper's in-run clock)."""
     den = CountingDenoiser(adapter.denoiser())
     for _ in range(warmup):
         fn(den, x0, grid, cond)
-
-    def once() -> Any:
-        den.counter.reset()  # the counts of the last call: one inversion
-        return fn(den, x0, grid, cond)
-
-    timed = time_call(once, x0.device, repeats)
-    return timed.value, den.counter.forward, den.counter.backward, timed.median_s
+    timed, network = time_with_network_clock(lambda: fn(den, x0, grid, cond), den.counter, x0.device, repeats)
+    return timed.value, den.counter.forward, den.counter.backward, timed.median_s, network
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -272,10 +355,14 @@ def bench(args: argparse.Namespace) -> None:
         print(f"bare network call (batch {len(captions)}, same run): "
               + (f"{1e3 * bare.forward_s:.1f} ms" if bare.forward_s is not None else f"unavailable ({bare.reason})"))
         print(f"{'method':24s} {'residual':>9s} {'res med':>9s} {'roundtrip':>9s} {'PSNR dec':>8s} {'PSNR in':>8s} "
-              f"{'gap dB':>6s} {'fwd':>4s} {'bwd':>4s} {'time/ddim':>9s} {'ms':>8s}", flush=True)
+              f"{'gap dB':>6s} {'fwd':>4s} {'bwd':>4s} {'time/ddim':>9s} {'ms':>8s} {'net ms':>8s} {'x net':>6s}",
+              flush=True)
         base = None  # the first method's time (ddim in every suite)
-        for name, fn in SUITES[args.suite]().items():
-            result, fwd, bwd, secs = run_method(fn, adapter, x0, grid, cond, args.warmup, args.repeats)
+        table = SUITES[args.suite]()
+        if args.suite == "official" and kind == "ddim":
+            table |= diffusers_methods(_ddim_config(adapter, spacing), steps)
+        for name, fn in table.items():
+            result, fwd, bwd, secs, network = run_method(fn, adapter, x0, grid, cond, args.warmup, args.repeats)
             base = secs if base is None else base
             with torch.no_grad():
                 rec = reconstruct(den, result, grid, cond)
@@ -284,11 +371,19 @@ def bench(args: argparse.Namespace) -> None:
                 r = Row(
                     name, float(per_step.mean()), float(per_step.median()),
                     float((rec - x0).pow(2).mean().sqrt()), float(psnr(img, decoded).mean()),
-                    float(psnr(img, images).mean()), fwd, bwd, secs,
+                    float(psnr(img, images).mean()), fwd, bwd, secs, network,
                 )
             print(f"{r.name:24s} {r.residual:9.2e} {r.residual_median:9.2e} {r.roundtrip:9.2e} {r.psnr_decoded:8.2f} "
                   f"{r.psnr_input:8.2f} {ceiling - r.psnr_input:6.2f} {r.forward:4d} {r.backward:4d} "
-                  f"{r.seconds / base:9.2f} {1e3 * r.seconds:8.1f}", flush=True)
+                  f"{r.seconds / base:9.2f} {1e3 * r.seconds:8.1f} {1e3 * r.network.total_s:8.1f} "
+                  f"{_ratio(r.network):>6s}", flush=True)
+
+
+def _ratio(network: InRunNetwork) -> str:
+    """The in-run overhead ratio, or n/a (no network time, or a backward pass that was not timed)."""
+    if network.overhead_ratio is None or network.unmeasured_backward:
+        return "n/a"
+    return f"{network.overhead_ratio:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:

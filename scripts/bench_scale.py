@@ -22,13 +22,16 @@ with CUDA synchronised around each call (``eval.timing.time_call``); peak memory
 allocator's peak over the timed calls (``eval.timing.PeakMemory``), and "beyond generation" subtracts
 plain generation's peak measured the same way (``eval.timing.generation_peak_mb``).
 
-Beside every method: the bare network's seconds for the same passes (``eval.timing.bare_network_times``:
-the diffusers module on inputs prepared once, same dtype and attention backend, warm-up, median of
-20) and the overhead ratio, inversion seconds over those. ``--compile FAMILY...`` times those
+Beside every method: the seconds spent inside the network during its timed inversions (the counting
+wrapper's in-run clock, on the same calls: CUDA event pairs read once after the run) and the
+overhead ratio, inversion seconds over those (never below 1); and the bare network's seconds for the
+same passes (``eval.timing.bare_network_times``: the diffusers module on inputs prepared once, same
+dtype and attention backend, warm-up, median of 20) with ``overhead_bare``, inversion seconds over
+those (what an ideal loop would cost; measured apart, it can read below 1). ``--compile FAMILY...`` times those
 families again with the network compiled (``gnri.models.runtime.compile_network``, as
 ``model.compile=true``): the warm-up covers compilation, whose seconds are printed apart. Each
 family ends with one markdown table (method x compile off/on) and, for SDXL-Turbo, issue 16's
-target line (``gnri_official`` inversion <= 0.25 s, overhead <= 1.05).
+target line (``gnri_official`` inversion <= 0.25 s, in-run overhead <= 1.05).
 
     python scripts/bench_scale.py --families sdxl_turbo --compile sdxl_turbo --attention efficient
 """
@@ -63,7 +66,15 @@ from diffusers import (  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel  # noqa: E402
 
 from baselines import ddim, fixed_point  # noqa: E402
-from eval.timing import NetworkTimes, PeakMemory, bare_network_times, generation_peak_mb, time_call  # noqa: E402
+from eval.timing import (  # noqa: E402
+    InRunNetwork,
+    NetworkTimes,
+    PeakMemory,
+    bare_network_times,
+    generation_peak_mb,
+    time_call,
+    time_with_network_clock,
+)
 from gnri.core import CountingDenoiser, sample  # noqa: E402
 from gnri.methods import anderson, gnri, gnri_official  # noqa: E402
 from gnri.models import load_adapter  # noqa: E402
@@ -186,10 +197,18 @@ class Row:
     network_s: float | None = None  # the bare network's seconds for this method's passes
     compiled: bool = False
     generation_mib: float = float("nan")  # plain generation's peak, measured the same way
+    in_run: InRunNetwork | None = None  # the network's seconds inside the timed inversions (whole batch)
 
     @property
     def overhead(self) -> float | None:
-        """Inversion seconds over the bare network's seconds for the same passes."""
+        """Inversion seconds over the network's seconds inside them (in-run clock, same calls)."""
+        if self.in_run is None or self.in_run.unmeasured_backward:
+            return None
+        return self.in_run.overhead_ratio
+
+    @property
+    def overhead_bare(self) -> float | None:
+        """Inversion seconds over the bare network's seconds for the same passes (timed apart)."""
         return self.invert_s / self.network_s if self.network_s else None
 
 
@@ -220,17 +239,18 @@ def run_methods(name_filter: list[str] | None, den: CountingDenoiser, x0: torch.
             invert_once()
 
         with PeakMemory(device) as mem:
-            inv = time_call(invert_once, device, args.repeats)
+            inv, in_run = time_with_network_clock(invert_once, den.counter, device, args.repeats)
         fwd, bwd = den.counter.forward, den.counter.backward
         with torch.no_grad():
             rec = time_call(lambda: sample(den, inv.value.z, grid, cond), device, args.repeats)
         n = args.images
         rows.append(Row(name, inv.median_s / n, rec.median_s / n, fwd, bwd, mem.mb,
-                        _network_seconds(network, fwd, bwd), compiled, generation_mib))
+                        _network_seconds(network, fwd, bwd), compiled, generation_mib, in_run))
         r = rows[-1]
         print(f"  {name:16s} invert {r.invert_s:7.3f} s  reconstruct {r.reconstruct_s:7.3f} s  "
               f"total {r.invert_s + r.reconstruct_s:7.3f} s  fwd {r.forward:3d}  bwd {r.backward:3d}  "
-              f"peak {r.peak_mib:8.0f} MiB  overhead {_fmt(r.overhead, '.3f')}  compile {'on' if compiled else 'off'}",
+              f"peak {r.peak_mib:8.0f} MiB  overhead {_fmt(r.overhead, '.3f')}  "
+              f"overhead_bare {_fmt(r.overhead_bare, '.3f')}  compile {'on' if compiled else 'off'}",
               flush=True)
     return rows
 
@@ -241,13 +261,15 @@ def print_table(family: str, params: float, rows: list[Row], compile_s: float | 
     print(f"\n### {family} ({params / 1e9:.2f} B parameters), batch {images}, seconds per image")
     if compile_s is not None:
         print(f"compile on: {compile_s:.1f} s compiling (first calls of each input shape), not in any time below")
-    print("| method | compile | invert s | bare network s | overhead ratio | fwd | bwd | peak GiB "
-          "| peak beyond generation GiB | reconstruct s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| method | compile | invert s | network in run s | overhead ratio | bare network s | overhead ratio (bare) "
+          "| fwd | bwd | peak GiB | peak beyond generation GiB | reconstruct s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         net = None if r.network_s is None else r.network_s / images
-        print(f"| {r.method} | {'on' if r.compiled else 'off'} | {r.invert_s:.3f} | {_fmt(net, '.3f')} "
-              f"| {_fmt(r.overhead, '.3f')} | {r.forward} | {r.backward} | {r.peak_mib / GIB:.2f} "
+        in_run = None if r.in_run is None else r.in_run.total_s / images
+        print(f"| {r.method} | {'on' if r.compiled else 'off'} | {r.invert_s:.3f} | {_fmt(in_run, '.3f')} "
+              f"| {_fmt(r.overhead, '.3f')} | {_fmt(net, '.3f')} | {_fmt(r.overhead_bare, '.3f')} "
+              f"| {r.forward} | {r.backward} | {r.peak_mib / GIB:.2f} "
               f"| {(r.peak_mib - r.generation_mib) / GIB:+.2f} | {r.reconstruct_s:.3f} |")
     if family == TARGET_FAMILY and not tiny:
         for r in rows:

@@ -41,7 +41,7 @@ COND = Conditioning({})
 SOURCE = Conditioning({"shift": torch.tensor(0.0, dtype=torch.float64)})
 TARGET = Conditioning({"shift": torch.tensor(0.7, dtype=torch.float64)})
 SHAPE = (2, 6, 5)  # (B, tokens, features): the packed Flux layout
-NETWORK_ROWS = ("time_network_call_s", "time_network_backward_s", "overhead_ratio",  # time_network=false
+NETWORK_ROWS = ("time_network_call_s", "time_network_backward_s", "overhead_ratio_bare",  # time_network=false
                 "residual_rms_mean", "residual_rms_max")  # unavailable for a method with its own sampler
 
 
