@@ -4,6 +4,8 @@ runs image by image."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import subprocess
 import sys
@@ -12,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from baselines import ddim
 from eval.data import Entry, sample_dataset
@@ -19,52 +23,105 @@ from eval.harness import batch_separable, evaluate
 from eval.metrics import build_metrics
 from gnri.core import InversionResult
 from gnri.models.base import ScheduleSpec
-from gnri.registry import METHODS, method_entry
 from test_harness import ToyAdapter
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = ["a red ball on grass", "a blue cube", "two green trees by a lake"]
 
 
-def _single_and_batch(adapter, name: str, schedule: ScheduleSpec, guidance: float):
-    fn, params = method_entry(name)
+CONF = ROOT / "conf" / "inverter"
+SHIPPED = sorted(p.stem for p in CONF.glob("*.yaml"))
+# Small budgets (the configs' own hyperparameter names), as tests/test_edit.py: separability does
+# not depend on how many iterations run, and per-image stopping rules still act within them.
+FAST = {"max_iters": 3, "num_inner_steps": 2, "n_iters": 2, "newton_iters": 1, "num_renoise_steps": 2,
+        "max_first_step_renoise_steps": 2}
+RUN, NOT_SEPARABLE = "run", "not batch-separable"
+FLOW_GRID = "needs a rectified-flow grid"
+DISTILLED = "needs classifier-free guidance, which a guidance-distilled model"
+FLOW_ONLY = ("fireflow", "flowedit", "ftedit", "rf_inversion", "rf_solver", "uni_inv")
+# Every shipped method's expected outcome per family: "run" (then batch == single is checked),
+# "not batch-separable" (the method says so: it runs image by image), or the refusal's substring.
+# Written out name by name: a new shipped method fails the completeness test until it is named here.
+EXPECTED: dict[str, dict[str, str]] = {
+    "sd": {  # the tiny SD UNet, DDIM, CFG 3
+        "anderson": RUN, "ddim": RUN, "edict": RUN, "edit_friendly": RUN, "fireflow": FLOW_GRID,
+        "fixed_point": RUN, "fixed_point3": RUN, "flowedit": FLOW_GRID, "ftedit": FLOW_GRID, "gnri": RUN,
+        "gnri_2x": RUN, "gnri_aa": RUN, "gnri_nk": RUN, "gnri_official": RUN, "gradient_descent": RUN,
+        "negative_prompt": RUN, "null_text": RUN, "renoise": RUN, "rf_inversion": FLOW_GRID,
+        "rf_solver": FLOW_GRID, "uni_inv": FLOW_GRID,
+    },
+    "flux": {  # the tiny guidance-distilled Flux transformer, flow Euler
+        "anderson": RUN, "ddim": RUN, "edict": RUN, "edit_friendly": RUN, "fireflow": RUN,
+        "fixed_point": RUN, "fixed_point3": RUN, "flowedit": RUN, "ftedit": RUN, "gnri": RUN,
+        "gnri_2x": RUN, "gnri_aa": RUN, "gnri_nk": RUN, "gnri_official": RUN, "gradient_descent": RUN,
+        "negative_prompt": DISTILLED, "null_text": DISTILLED, "renoise": RUN, "rf_inversion": RUN,
+        "rf_solver": RUN, "uni_inv": RUN,
+    },
+}
+
+
+def _inverter(name: str):
+    """The config's partial with each FAST budget capped (the defaults live in the signature)."""
+    fn = instantiate(OmegaConf.load(CONF / f"{name}.yaml"), _convert_="all")
+    params = inspect.signature(fn.func).parameters
+    capped = {key: min(int(fn.keywords.get(key, params[key].default)), value)
+              for key, value in FAST.items() if key in params}
+    return functools.partial(fn.func, *fn.args, **{**fn.keywords, **capped})
+
+
+def _single_and_batch(adapter, fn, schedule: ScheduleSpec, guidance: float):
+    captions = CAPTIONS[:2]  # two images with different latents and prompts are enough to see mixing
     torch.manual_seed(0)
-    latents = torch.randn(3, *adapter.encode_images(torch.zeros(1, 3, *adapter.image_size())).shape[1:])
+    latents = torch.randn(len(captions), *adapter.encode_images(torch.zeros(1, 3, *adapter.image_size())).shape[1:])
     with torch.no_grad():
         batch = fn(adapter.denoiser(), latents, adapter.grid(schedule, tuple(latents.shape)),
-                   adapter.encode_prompts(CAPTIONS, guidance), **params)
+                   adapter.encode_prompts(captions, guidance))
         singles = [
             fn(adapter.denoiser(), latents[i:i + 1], adapter.grid(schedule, (1, *latents.shape[1:])),
-               adapter.encode_prompts([CAPTIONS[i]], guidance), **params).z
-            for i in range(3)
+               adapter.encode_prompts([captions[i]], guidance)).z
+            for i in range(len(captions))
         ]
     return batch.z, torch.cat(singles)
 
 
+def test_the_expected_outcomes_name_every_shipped_method() -> None:
+    assert len(SHIPPED) >= 21
+    for family, expected in EXPECTED.items():
+        assert sorted(expected) == SHIPPED, family
+    assert {name for name, want in EXPECTED["sd"].items() if want == FLOW_GRID} == set(FLOW_ONLY)
+
+
 @pytest.mark.parametrize("family", ["sd", "flux"])
 def test_every_registered_method_is_batch_separable(family: str, request) -> None:
-    """Batch of 3 (different latents and prompts) == each image alone, for every method name:
-    per-image iterates and stopping rules. A method that is not must say so (``batch_separable``)."""
+    """Batch of 2 (different latents and prompts) == each image alone, for every shipped method:
+    per-image iterates and stopping rules. A method that is not must say so (``batch_separable``);
+    one that does not apply must refuse with its reason. Each outcome is named in ``EXPECTED``."""
     adapter = request.getfixturevalue(f"tiny_{family}_adapter")
     schedule = ScheduleSpec(kind="ddim", num_steps=2) if family == "sd" else ScheduleSpec(kind="flow_euler", num_steps=2)
     guidance = 3.0 if family == "sd" else 1.0  # CFG on the UNet, so null-text and NPI apply too
-    checked = []
-    for name in sorted(METHODS):
-        fn, _ = method_entry(name)
+    got: dict[str, str] = {}
+    for name in SHIPPED:
+        fn = _inverter(name)
         if not batch_separable(fn):
+            got[name] = NOT_SEPARABLE
             continue
         try:
-            z_batch, z_single = _single_and_batch(adapter, name, schedule, guidance)
-        except ValueError:  # the method does not apply to this family / guidance
+            z_batch, z_single = _single_and_batch(adapter, fn, schedule, guidance)
+        except ValueError as err:  # the method does not apply to this family / guidance
+            want = EXPECTED[family][name]
+            got[name] = want if want not in (RUN, NOT_SEPARABLE) and want in str(err) else f"refused: {err}"
             continue
         torch.testing.assert_close(z_batch, z_single, rtol=1e-4, atol=1e-4, msg=f"{name}: batch != single")
-        checked.append(name)
-    assert {"ddim", "fixed_point3", "gnri", "gnri_official", "gnri_aa"} <= set(checked)
+        got[name] = RUN
+    wrong = {name: (EXPECTED[family].get(name), outcome) for name, outcome in got.items()
+             if outcome != EXPECTED[family].get(name)}
+    assert not wrong, f"{family}: (expected, got) per method: {wrong}"
+    assert sorted(got) == SHIPPED
 
 
 def _world_rows(tiny_sd_adapter, batch_size: int, schedule: ScheduleSpec) -> pd.DataFrame:
-    fn, params = method_entry("fixed_point3")
-    return evaluate(tiny_sd_adapter, schedule, lambda d, x, g, c: fn(d, x, g, c, **params), "fixed_point3",
+    fn = instantiate(OmegaConf.load(CONF / "fixed_point3.yaml"), _convert_="all")
+    return evaluate(tiny_sd_adapter, schedule, fn, "fixed_point3",
                     sample_dataset()[:3], build_metrics(["psnr"]), warmup=0, progress=False,
                     batch_size=batch_size, time_network=False)
 
@@ -75,7 +132,7 @@ def _world_rows(tiny_sd_adapter, batch_size: int, schedule: ScheduleSpec) -> pd.
 def test_batch_rows_equal_batch_one(tiny_sd_adapter, schedule: ScheduleSpec) -> None:
     one = _world_rows(tiny_sd_adapter, 1, schedule)
     two = _world_rows(tiny_sd_adapter, 2, schedule)  # 3 images: a batch of 2, then a batch of 1
-    timed = ("time_network_call_s", "time_network_backward_s", "overhead_ratio")  # time_network=false
+    timed = ("time_network_call_s", "time_network_backward_s", "overhead_ratio_bare")  # time_network=false
     for df in (one, two):
         assert (df[~df["metric"].isin(timed)]["status"] == "ok").all()
     assert set(one["batch_size"]) == {1} and set(two["batch_size"]) == {2}

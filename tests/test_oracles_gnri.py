@@ -230,15 +230,96 @@ class TanhEps:
         return Prediction((z - level.s * eps) / level.a, eps)
 
 
-def test_gnri_aa_output_g_equals_baselines_anderson() -> None:
-    """gnri_aa's docstring: with ``output='g'`` and ``lam = 0`` it gives baselines.anderson's
-    latents (same Anderson update on the same map) for an eps-prediction network."""
+def _f_vp(eps: Tensor, x: Tensor, xl: Level, zl: Level) -> Tensor:
+    """Eq. 4: the z that a DDIM step with ``eps`` held fixed takes exactly onto ``x``."""
+    return zl.a * (x - xl.s * eps) / xl.a + zl.s * eps
+
+
+def anderson_by_hand(fmap, x: Tensor, *, window: int, iters: int, output: str) -> Tensor:
+    """Anderson type II (Walker & Ni 2011, Alg. AA, no damping) per sample, from z_0 = x:
+    G_k = f(z_k), F_k = G_k - z_k, gamma = lstsq(dF, F_k) over the last ``window`` differences,
+    z_{k+1} = G_k - dG gamma. Returns z_iters (``output='z'``) or G_{iters-1} (``'g'``)."""
+    out = []
+    for xb in x:
+        z, Gs, Fs = xb.clone(), [], []
+        for k in range(iters):
+            G = fmap(z, xb)
+            Gs.append(G)
+            Fs.append(G - z)
+            m = min(window, k)
+            z = G
+            if m:
+                dF = torch.stack([Fs[j + 1] - Fs[j] for j in range(k - m, k)], dim=1)
+                dG = torch.stack([Gs[j + 1] - Gs[j] for j in range(k - m, k)], dim=1)
+                gamma = torch.linalg.lstsq(dF, Fs[-1].unsqueeze(1)).solution
+                z = G - (dG @ gamma).squeeze(1)
+        out.append(Gs[-1] if output == "g" else z)
+    return torch.stack(out)
+
+
+def test_gnri_aa_and_baselines_anderson_are_anderson_mixing_by_hand() -> None:
+    """Both Anderson solvers against the type-II update written here with ``torch.linalg.lstsq``
+    on the implicit map of a nonlinear eps network, over a three-step grid (each step starts at
+    its x, the previous step's output): gnri_aa returns the extrapolated z (``output='z'``) or the
+    last G (``'g'``); baselines.anderson (AIDI) the last G."""
     grid = Grid((_vp(0.95, 1.0), _vp(0.7, 2.0), _vp(0.4, 3.0)))
     x0 = _x(4)
-    for iters in (1, 2, 4):
-        ours = gnri_aa.invert(TanhEps(), x0, grid, COND, lam=0.0, window=3, max_iters=iters, tol=0.0, output="g")
-        ref = aidi.invert(TanhEps(), x0, grid, COND, window=3, max_iters=iters)
-        for a, b in zip(ours.trajectory, ref.trajectory):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
-    extrapolated = gnri_aa.invert(TanhEps(), x0, grid, COND, max_iters=4, tol=0.0, output="z").z
-    assert (extrapolated - ref.z).abs().max() > 1e-8  # output='z' is a different latent
+
+    def chain(iters: int, output: str) -> list[Tensor]:
+        xs = [x0]
+        for xl, zl in zip(grid.levels[:-1], grid.levels[1:]):
+            fmap = lambda z, xb, xl=xl, zl=zl: _f_vp(TanhEps()(z[None], zl, COND).eps[0], xb, xl, zl)  # noqa: E731
+            xs.append(anderson_by_hand(fmap, xs[-1], window=3, iters=iters, output=output))
+        return xs
+
+    for iters in (1, 2, 4, 6):
+        for output in ("z", "g"):
+            got = gnri_aa.invert(TanhEps(), x0, grid, COND, lam=0.0, window=3, max_iters=iters, tol=0.0,
+                                 regularization=0.0, output=output)
+            for a, b in zip(got.trajectory, chain(iters, output)):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=lambda m: f"gnri_aa {iters} {output}: {m}")
+        ref = aidi.invert(TanhEps(), x0, grid, COND, window=3, max_iters=iters, regularization=0.0)
+        for a, b in zip(ref.trajectory, chain(iters, "g")):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=lambda m: f"anderson {iters}: {m}")
+    # the window is a window: with window 1 after 4 iterations the update is another one
+    narrow = gnri_aa.invert(TanhEps(), x0, grid, COND, window=1, max_iters=4, tol=0.0, regularization=0.0).z
+    assert (narrow - chain(4, "z")[-1]).abs().max() > 1e-8
+
+
+def test_anderson_on_an_affine_map_reaches_its_fixed_point_in_dim_plus_one_evaluations() -> None:
+    """eps = M z makes the implicit map affine, f(z) = c x + B z, with fixed point
+    (I - B)^-1 c x (numpy). Anderson with window >= dim on a 3-dim affine map is GMRES in disguise:
+    the 4th evaluation's extrapolation is the exact fixed point, the 3rd's is not."""
+    xl, zl = VP_STEP.levels
+    B = (zl.s - zl.a * xl.s / xl.a) * M.numpy()
+    x = _x(5)
+    exact = torch.from_numpy(np.stack([np.linalg.solve(np.eye(3) - B, (zl.a / xl.a) * xb) for xb in x.numpy()]))
+    assert (x - exact).abs().max() > 0.1  # far from the start
+    four = gnri_aa.invert(MatrixEps(M), x, VP_STEP, COND, window=3, max_iters=4, tol=0.0, regularization=0.0).z
+    torch.testing.assert_close(four, exact, rtol=0, atol=1e-10)
+    three = gnri_aa.invert(MatrixEps(M), x, VP_STEP, COND, window=3, max_iters=3, tol=0.0, regularization=0.0).z
+    assert (three - exact).abs().max() > 1e-4
+    aidi_five = aidi.invert(MatrixEps(M), x, VP_STEP, COND, window=3, max_iters=5, regularization=0.0).z
+    torch.testing.assert_close(aidi_five, exact, rtol=0, atol=1e-10)  # G of the exact z_4 is z_4
+
+
+def test_gnri_aa_guided_fixed_point_per_element_closed_form() -> None:
+    """gnri_aa with the prior (lam > 0) on the Gaussian toy with a different data std per element:
+    the implicit map is diagonal affine with per-element slope f' (so z - f(z) = k (z - z*),
+    k = 1 - f', z* = f(0) / k), and the guided map T = (f + kappa mu) / (1 + kappa),
+    kappa = lam / beta_t, mu = (a_t / a_{t-1}) x, has the fixed point
+    (k z* + kappa mu) / (k + kappa) in every element -- with a different pull toward mu in each."""
+    xl, zl = VP_STEP.levels
+    x = _x(6, batch=2, numel=3)
+    f0, slope = _f_and_slope(torch.zeros_like(x), x, xl, zl, "vp")
+    k = 1.0 - slope
+    z_star = f0 / k
+    gamma = zl.a / xl.a
+    kappa = 0.3 / (zl.s**2 - gamma**2 * xl.s**2)
+    want = (k * z_star + kappa * gamma * x) / (k + kappa)
+    got = gnri_aa.invert(GaussianDenoiser(0.0, STD), x, VP_STEP, COND, lam=0.3, window=3, max_iters=6, tol=0.0).z
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    pull = (want - z_star) / (gamma * x - z_star)  # the fraction moved toward mu, per element
+    assert pull.std(dim=1).min() > 1e-3  # the elements move by different fractions
+    plain = gnri_aa.invert(GaussianDenoiser(0.0, STD), x, VP_STEP, COND, lam=0.0, window=3, max_iters=6, tol=0.0).z
+    torch.testing.assert_close(plain, z_star, rtol=0, atol=1e-10)

@@ -42,6 +42,16 @@ def test_preset_runs_in_smoke_mode(preset: str, tmp_path: Path) -> None:
     assert '"paper_preset":"' + preset + '"' in rows["config"].iloc[0]
     assert (rows["status"] == "ok").any()
     assert not (rows["status"] == "failed").any(), rows[rows["status"] == "failed"][["inverter", "reason"]].head()
+    # Every inverter the preset lists ran: ok rows, or (none ok) each row's recorded reason names why not.
+    listed = set(str(sweep["inverter"]).split(","))
+    method = rows["inverter"].astype(str).str.split("+").str[0]  # edit rows: <inverter>+<editor>
+    assert set(method) == listed, f"{preset}: rows' inverters {sorted(set(method))} != the preset's {sorted(listed)}"
+    for name in sorted(listed):
+        mine = rows[method == name]
+        if (mine["status"] == "ok").any():
+            continue
+        reasons = mine["reason"].fillna("").astype(str).str.strip()
+        assert (reasons != "").all(), f"{preset}: {name} has no ok row and no reason: {mine[['metric', 'status']].head()}"
 
 
 def test_without_a_gpu_a_preset_stops_in_one_line(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from eval.edit_data import EditEntry, decode_rle, piebench_dataset, strip_markers
-from eval.metrics.masked import masked_mse, pie_mse, pie_psnr, pie_ssim, to_8bit
+from eval.metrics.masked import masked_mse, pie_lpips, pie_mse, pie_psnr, pie_ssim, to_8bit
 from eval.metrics.structure import (
     DinoKeys, StructureDistance, cosine_self_similarity, dino_input, find_dino_weights, hf_to_dino, resize_size,
 )
@@ -168,12 +168,12 @@ def test_resize_rule_and_unscaled_normalisation() -> None:
     assert x.shape == (1, 3, 224, 224)
 
 
-def _tiny_vit(layers: int = 2):
+def _tiny_vit(layers: int = 2, image_size: int = 32):
     from transformers import ViTConfig, ViTModel
 
     torch.manual_seed(0)
     cfg = ViTConfig(hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=32,
-                    image_size=32, patch_size=8, layer_norm_eps=1e-6, hidden_act="gelu", qkv_bias=True)
+                    image_size=image_size, patch_size=8, layer_norm_eps=1e-6, hidden_act="gelu", qkv_bias=True)
     model = ViTModel(cfg, add_pooling_layer=False).eval()
     with torch.no_grad():  # non-trivial LayerNorm and bias values, so a mis-mapped tensor shows
         for name, p in model.named_parameters():
@@ -243,6 +243,45 @@ def test_structure_distance_from_local_hub_cache_and_unavailable_without(tmp_pat
     assert d_ab > 0 and d_ab == pytest.approx(d_ba, rel=1e-9)
 
 
+def test_structure_distance_value_by_hand(tmp_path) -> None:
+    """The final value on two small textured images, every step by hand: 8-bit values as floats in
+    [0, 255] (numpy), torchvision's ``Resize(224, max_size=480)`` (bilinear, no antialias), ImageNet
+    ``Normalize`` on the 0-255 values, the last block's keys from the ``transformers`` ViT itself
+    (trained at 224 px, so no position-embedding interpolation), the keys' cosine self-similarity
+    and the mean squared difference of the two matrices."""
+    import torchvision.transforms.functional as TF
+    from safetensors.torch import save_file
+    from torchvision.transforms import InterpolationMode
+
+    model = _tiny_vit(image_size=224)
+    folder = tmp_path / "dino"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"num_attention_heads": 2}))
+    metric = StructureDistance(weights=str(folder))
+    assert metric.unavailable_reason() is None
+    a = _textured(7, side=16)
+    b = _textured(8, side=16)
+
+    def keys(images: torch.Tensor) -> torch.Tensor:
+        pixels = (images.numpy().astype(np.float64) * 255).astype(np.uint8).astype(np.float32)
+        x = TF.resize(torch.from_numpy(pixels), [224], interpolation=InterpolationMode.BILINEAR, max_size=480,
+                      antialias=False)
+        x = TF.normalize(x, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        return _reference_keys(model, x)[0].double()
+
+    def self_similarity(k: torch.Tensor) -> torch.Tensor:
+        unit = k / k.norm(dim=-1, keepdim=True)
+        return unit @ unit.T
+
+    ka, kb = keys(a), keys(b)
+    assert ka.shape == (1 + 28 * 28, 16)
+    want = (self_similarity(ka) - self_similarity(kb)).pow(2).mean().item()
+    assert want > 1e-6  # small (a random tiny ViT fed +-1000 values), but far above float32 round-off
+    assert metric(a, b).item() == pytest.approx(want, rel=1e-3)
+    assert metric(b, a).item() == pytest.approx(want, rel=1e-3)
+
+
 # ----------------------------------------------------------------------------- the edit loop
 
 
@@ -271,3 +310,138 @@ def test_edit_loop_piebench_convention_with_local_dino(tiny_sd_adapter, tmp_path
     with pytest.raises(ValueError, match="task.mask_convention must be one of"):
         evaluate_edits(tiny_sd_adapter, ScheduleSpec("ddim", 2), ddim.invert, "ddim", entries, EditSettings(),
                        progress=False, task_params={"mask_convention": "pie"})
+
+
+# ----------------------------------------------------------------------------- value oracles (issue 28)
+# Textured images with 8-bit values plus a fraction in [0.1, 0.9] of a level, so truncating to
+# 8 bits (PnPInversion's ``(x * 255).astype(np.uint8)``) is unambiguous; a blob-shaped edit mask.
+
+
+def _textured(seed: int, side: int = 32, batch: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    levels = torch.randint(0, 255, (batch, 3, side, side), generator=g).float()
+    smooth = torch.nn.functional.avg_pool2d(levels, 3, stride=1, padding=1)  # texture, not pure noise
+    return (smooth.floor() + 0.1 + 0.8 * torch.rand(smooth.shape, generator=g)) / 255
+
+
+def _edited_region(side: int = 32) -> np.ndarray:
+    yy, xx = np.mgrid[:side, :side]
+    return ((yy - 12) ** 2 / 60 + (xx - 19) ** 2 / 40) < 1.0  # an off-centre ellipse
+
+
+def _pie_arrays(images: torch.Tensor, keep: np.ndarray) -> np.ndarray:
+    """PnPInversion's evaluator input, by hand in numpy: uint8 HWC arrays times the 0/1 mask, / 255."""
+    arr = (images.permute(0, 2, 3, 1).numpy().astype(np.float64) * 255).astype(np.uint8)
+    return arr.astype(np.float64) * keep[None, :, :, None] / 255
+
+
+def test_pie_bg_psnr_and_mse_by_numpy_on_8bit_arrays() -> None:
+    from eval.edit_harness import _background
+
+    source, edit = _textured(0), _textured(1)
+    region = _edited_region()
+    keep = ~region
+    a, b = _pie_arrays(edit, keep), _pie_arrays(source, keep)
+    mse = float(np.mean((a - b) ** 2))  # over every pixel and channel of the whole image, zeros included
+    psnr = 10 * math.log10(1.0 / mse)
+    assert pie_mse(edit, source, torch.from_numpy(keep)).item() == pytest.approx(mse, rel=1e-6)
+    assert pie_psnr(edit, source, torch.from_numpy(keep)).item() == pytest.approx(psnr, rel=1e-6)
+    entry = EditEntry("e", None, "a", target_caption="b", mask=lambda: region)
+    values = _background(_metrics("piebench"), edit, source, entry, (32, 32))
+    assert values["bg_mse"] == pytest.approx(mse, rel=1e-6) and values["bg_psnr"] == pytest.approx(psnr, rel=1e-6)
+    # the region convention: the kept pixels' mean, not quantised, by numpy too
+    diff = (edit - source).permute(0, 2, 3, 1).numpy().astype(np.float64)[0][keep]
+    region_values = _background(_metrics("region"), edit, source, entry, (32, 32))
+    assert region_values["bg_mse"] == pytest.approx(float(np.mean(diff**2)), rel=1e-5)
+
+
+def _ssim_full_map(x: np.ndarray, y: np.ndarray) -> float:
+    """SSIM (Wang et al. 2004) as torchmetrics' defaults define it (the installed 1.9), written with
+    scipy: Gaussian sigma 1.5 over 11 taps, K1 0.01, K2 0.03, data range 1, borders reflected
+    without repeating the edge (torch's ``reflect`` = scipy's ``mirror``), the mean of the whole
+    map and the channels. HWC input. (Older torchmetrics releases dropped the map's 5-pixel
+    border before the mean; on these 32 px images that moves SSIM by about 0.06.)"""
+    from scipy.ndimage import gaussian_filter
+
+    c1, c2, r = 0.01**2, 0.03**2, 5
+    blur = lambda z: gaussian_filter(z, 1.5, truncate=r / 1.5, mode="mirror")  # noqa: E731
+    maps = []
+    for c in range(x.shape[-1]):
+        p, q = x[..., c], y[..., c]
+        mp, mq = blur(p), blur(q)
+        vp, vq, cov = blur(p * p) - mp**2, blur(q * q) - mq**2, blur(p * q) - mp * mq
+        maps.append(((2 * mp * mq + c1) * (2 * cov + c2)) / ((mp**2 + mq**2 + c1) * (vp + vq + c2)))
+    return float(np.mean(maps))
+
+
+def test_pie_bg_ssim_on_textured_images_matches_an_independent_ssim() -> None:
+    source = _textured(2)
+    edit = (source + 0.08 * torch.randn(source.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    region = _edited_region()
+    keep = ~region
+    want = _ssim_full_map(_pie_arrays(edit, keep)[0], _pie_arrays(source, keep)[0])
+    assert 0.2 < want < 0.98  # textured, neither identical nor unrelated
+    got = pie_ssim(edit, source, torch.from_numpy(keep)).item()
+    assert got == pytest.approx(want, abs=1e-4)  # float32 in torchmetrics, as PnPInversion
+    # the mask convention matters: the unmasked images' SSIM is another number
+    ones = np.ones_like(keep)
+    assert abs(_ssim_full_map(_pie_arrays(edit, ones)[0], _pie_arrays(source, ones)[0]) - want) > 1e-2
+
+
+def test_pie_lpips_is_the_lpips_network_on_masked_8bit_inputs() -> None:
+    """PnPInversion's ``lpips_unedit_part``: LPIPS of the two 8-bit images times the mask, fed in
+    [-1, 1]; here the inputs are made by hand (numpy) and given to the ``lpips.LPIPS`` network object
+    directly, without the metric's wrapper."""
+    from eval.metrics.lpips_metric import LPIPS
+    from lpips_guard import require_lpips_weights
+
+    require_lpips_weights()
+    metric = LPIPS()
+    assert metric.unavailable_reason() is None
+    source, edit = _textured(4, side=64), _textured(5, side=64)
+    yy, xx = np.mgrid[:64, :64]
+    region = ((yy - 24) ** 2 + (xx - 38) ** 2) < 300
+    keep = ~region
+    to_input = lambda x: torch.from_numpy(_pie_arrays(x, keep)).permute(0, 3, 1, 2).float() * 2 - 1  # noqa: E731
+    with torch.no_grad():
+        want = metric._model(to_input(edit), to_input(source)).reshape(-1)
+    got = pie_lpips(metric, edit, source, torch.from_numpy(keep))
+    torch.testing.assert_close(got.float(), want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        unmasked = metric._model(edit * 2 - 1, source * 2 - 1).reshape(-1)
+    assert (unmasked - want).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("convention", ["piebench", "region"])
+def test_clip_edited_and_whole_by_hand(tmp_path, monkeypatch, convention: str) -> None:
+    """``clip_edited``: 100 max(cos, 0) between the CLIP embedding of the edit with the pixels
+    outside the edited region set to 0 (``piebench``: the edit made 8-bit first) and the target
+    caption's; ``clip_whole`` the same without the mask. Cosines by hand from the towers
+    (tests/test_metrics_eval.py's tiny CLIPModel, 32 px: no resize), masks and 8 bits in numpy."""
+    from eval.edit_harness import _clip, _Metrics
+    from eval.metrics.clip_score import CLIPScore
+    from eval.metrics.lpips_metric import LPIPS
+    from eval.metrics.masked import MaskedLPIPS
+    from test_metrics_eval import hand_clip_score, tiny_clip_folder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    edit, region = _textured(6), _edited_region()
+    if convention == "piebench":
+        arr = (edit.permute(0, 2, 3, 1).numpy().astype(np.float64) * 255).astype(np.uint8).astype(np.float64) / 255
+        image = torch.from_numpy(arr).permute(0, 3, 1, 2).float()
+    else:
+        image = edit
+    masked = image * torch.from_numpy(region.astype(np.float32))
+    entry = EditEntry("e", None, "a cat", target_caption="a red car", mask=lambda: region)
+    checked = 0
+    for flip in (False, True):  # one of the two has a positive cosine, so the clamp is not all there is
+        folder = tiny_clip_folder(tmp_path / f"clip{int(flip)}", flip_text=flip)
+        want_edited = 100 * hand_clip_score(folder, masked, ["a red car"]).clamp(min=0)
+        want_whole = 100 * hand_clip_score(folder, image, ["a red car"]).clamp(min=0)
+        metrics = _Metrics(LPIPS(), MaskedLPIPS(), CLIPScore(backend="transformers", weights=str(folder)),
+                           convention=convention)
+        out = _clip(metrics, edit, entry, (32, 32))
+        assert float(out["clip_edited"]) == pytest.approx(float(want_edited), abs=1e-3)
+        assert float(out["clip_whole"]) == pytest.approx(float(want_whole), abs=1e-3)
+        checked += int(float(want_edited) > 0)
+    assert checked == 1
