@@ -14,9 +14,13 @@ writes ``results.csv``, ``provenance.json`` and ``summary.md`` into the Hydra ru
 folder per job in a multirun). The top-level ``device`` (``auto``: cuda if available, else cpu)
 and ``dtype`` override the model config's own ``device``/``dtype``; set either to ``null`` to
 keep the model config's value.
-A group choice that names no ``conf/<group>/<name>.yaml`` stops with a one-line error. In a
-multirun, a model that cannot be built (no weights, no network) does not stop the sweep: its
-job records every image as ``failed`` with the reason and the next job runs.
+A group choice that names no ``conf/<group>/<name>.yaml`` stops with a one-line error. Without
+``schedule=`` (or ``experiment=``) a model runs on its family's default schedule: ``ddim10`` (the
+config's), ``flow4`` for a flow model (:func:`default_schedule`). A model that cannot be built (pickle
+weights refused, a missing component, no network) stops a single run with one line (exit 2) before
+any row; in a multirun it does not stop the sweep: its job records every image as ``failed`` with
+the reason and the next job runs. ``dataset.max_images=N`` is ``max_images=N`` on every dataset
+(:func:`dataset_limit`). Ctrl-C or SIGTERM prints the command that resumes (:func:`resume_command`).
 
 Inverters come from the method catalog (:mod:`gnri.catalog`): shipped, installed plug-ins (entry
 points in group ``gnri_bench.inverters``: ``inverter=<name>`` with no YAML) and the ``inverter/``
@@ -80,8 +84,79 @@ def _extra_conf_dirs(args: list[str]) -> list[Path]:
 def inverter_overrides(args: list[str]) -> list[str]:
     """``inverter.<key>=value`` -> ``++inverter.<key>=value``: a key the inverter's config file does
     not list is still set (every keyword of the function is an option; a misspelt one is refused
-    by the one-line check, never by Hydra's struct error)."""
-    return [f"++{a}" if a.startswith("inverter.") and "=" in a else a for a in args]
+    by the one-line check, never by Hydra's struct error). ``dataset.max_images=N`` likewise, on
+    every dataset (:func:`dataset_limit` makes it the top-level limit where the loader has none)."""
+    return [f"++{a}" if (a.startswith("inverter.") or a.startswith("dataset.max_images=")) and "=" in a else a
+            for a in args]
+
+
+def dataset_limit(cfg: DictConfig) -> None:
+    """``dataset.max_images=N`` (set on every dataset, :func:`inverter_overrides`) on a dataset whose
+    loader takes no ``max_images`` becomes the top-level ``max_images`` (the smaller, when both are
+    set): one spelling of the image limit works everywhere; a loader that takes it (``world``) keeps it."""
+    import inspect
+
+    from omegaconf import open_dict
+
+    from eval import validate
+
+    if "dataset" not in cfg or "max_images" not in cfg.dataset or "_target_" not in cfg.dataset:
+        return
+    try:
+        params = inspect.signature(validate.locate(str(cfg.dataset._target_))).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return
+    if "max_images" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    limit = cfg.dataset.max_images
+    with open_dict(cfg.dataset):
+        cfg.dataset.pop("max_images")
+    if limit is not None:
+        cfg.max_images = limit if cfg.max_images is None else min(int(limit), int(cfg.max_images))
+
+
+def _override_value(args: list[str], key: str) -> str | None:
+    """The value of the last plain ``key=value`` override (``+``/``++`` too), else None."""
+    found = None
+    for arg in args:
+        name, eq, value = arg.lstrip("+").partition("=")
+        if eq and name == key:
+            found = value
+    return found
+
+
+def default_schedule(args: list[str]) -> list[str]:
+    """``schedule=flow4`` added when neither ``schedule=`` nor ``experiment=`` is given and the
+    model (``model=``, else conf/config.yaml's) is of the flow family, read without loading it
+    (a local folder's ``model_index.json``): each family runs on its own default schedule (vp:
+    ``ddim10``, the config's). An explicit ``schedule=`` always wins; a model whose family cannot
+    be told is left to the checks."""
+    import yaml
+
+    from eval import validate
+
+    keys = [a.lstrip("+~").partition("=")[0] for a in args if not a.startswith("-")]
+    if "schedule" in keys or "experiment" in keys:
+        return args
+    model = _override_value(args, "model") or "tiny_sd"
+    if "," in model or "(" in model:
+        return args  # a sweep over models: each job's schedule is the user's to give
+    for folder in [*_extra_conf_dirs(args), CONF_DIR]:
+        file = Path(folder) / "model" / f"{model}.yaml"
+        if file.is_file():
+            break
+    else:
+        return args
+    try:
+        model_cfg = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        for key in ("path", "family", "model"):
+            value = _override_value(args, f"model.{key}")
+            if value is not None:
+                model_cfg[key] = value
+        family = validate.model_family(model_cfg)
+    except Exception:  # noqa: BLE001 - the checks after composition report a bad model config
+        return args
+    return [*args, "schedule=flow4"] if family == "flow" else args
 
 
 def register_configs(conf_dirs: Iterable[Path] = ()) -> str | None:
@@ -267,7 +342,7 @@ def build_settings(cfg: DictConfig, run_dir: Path, cache_dir: Path | None, devic
     """The run's :class:`eval.settings.RunSettings` from the composed config (loads nothing)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from eval.identity import checkpoint_identity
+    from eval.identity import checkpoint_identity, model_label
     from eval.settings import RunSettings
 
     choices = HydraConfig.get().runtime.choices
@@ -287,7 +362,7 @@ def build_settings(cfg: DictConfig, run_dir: Path, cache_dir: Path | None, devic
     return RunSettings(
         schedule=build_schedule(cfg.schedule), inverter=str(choices.get("inverter")),
         inverter_params=resolved_params(str(cfg.inverter._target_), hyperparameters(cfg.inverter)),
-        model=choices.get("model"),
+        model=model_label(choices.get("model"), model_cfg),
         schedule_name=choices.get("schedule"), checkpoint=checkpoint_identity(model_cfg), task=task,
         task_params=task_cfg, metrics=tuple(metric_cfg["names"]) if reconstruct else (),
         metric_options=dict(metric_cfg.get("options") or {}) if reconstruct else {},
@@ -300,9 +375,23 @@ def build_settings(cfg: DictConfig, run_dir: Path, cache_dir: Path | None, devic
     )
 
 
+def load_error(name: Any, err: BaseException) -> str:
+    """One line for a model that could not be built: Hydra's instantiation wrapper dropped for its
+    cause (a refused pickle folder, a missing component, a folder that is not a pipeline)."""
+    from eval.validate import ConfigError
+
+    if isinstance(err, ConfigError):
+        return str(err)
+    cause = err.__cause__ if err.__cause__ is not None and "instantiat" in type(err).__name__.lower() else err
+    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
+    why = lines[0] if lines else type(cause).__name__
+    return f"model={name} could not be loaded: {type(cause).__name__}: {why}"
+
+
 def _adapter_factory(cfg: DictConfig, device: str, multirun: bool) -> Any:
-    """A zero-argument builder of the model (called only when a unit is left to compute); in a
-    multirun a model that cannot be built becomes a BrokenAdapter, so the sweep goes on."""
+    """A zero-argument builder of the model (called only when a unit is left to compute); a model
+    that cannot be built stops a single run with one line (:func:`load_error`, exit 2) before any
+    row is written, and in a multirun becomes a BrokenAdapter, so the sweep goes on."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
@@ -325,11 +414,9 @@ def _adapter_factory(cfg: DictConfig, device: str, multirun: bool) -> Any:
                 raise ConfigError(f"model={name}: {problem}")
             return adapter
         except Exception as err:
-            if isinstance(err, ConfigError) and not multirun:
-                print(f"run.py: {err}", file=sys.stderr)
+            if not multirun:  # a single run: one line and status 2, like a settings mistake
+                print(f"run.py: {load_error(name, err)}", file=sys.stderr)
                 sys.exit(2)
-            if not multirun:
-                raise
             log.exception("model %s could not be built; its rows are recorded as failed", cfg.model.get("name"))
             return BrokenAdapter(str(cfg.model.get("name") or "model"), err)
 
@@ -407,6 +494,22 @@ def method_refusal(cfg: DictConfig) -> str | None:
     return f"inverter={choices.get('inverter')}: {why}" if why is not None else None
 
 
+# The command line as typed (before run.py's rewrites), for the interrupt message; set in __main__.
+ARGUMENTS: list[str] | None = None
+RESUME_COMMAND: str | None = None  # set by main once the run (or sweep) folder is known
+
+
+def resume_command(args: list[str], folder: str | Path, multirun: bool, script: str = "run.py") -> str:
+    """The command that resumes an interrupted run: the original arguments with the run folder
+    pinned (``hydra.run.dir=`` for a single run, ``hydra.sweep.dir=`` for a multirun), since the
+    default folder is time-stamped and the same command would start afresh in a new one."""
+    import shlex
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    kept = [a for a in args if a.lstrip("+").partition("=")[0] != key]
+    return " ".join(shlex.quote(a) for a in ["python", script, *kept, f"{key}={Path(folder)}"])
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -443,6 +546,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.get("cache", True):
         default = (Path(hc.sweep.dir) if multirun else run_dir) / ".cache"
         cache_dir = Path(cfg.cache_dir).expanduser().resolve() if cfg.get("cache_dir") else default.resolve()
+    dataset_limit(cfg)
     dataset = validated_dataset(cfg)  # every settings mistake stops here, before any model loads
     settings = build_settings(cfg, run_dir, cache_dir, device)
     adapter = _adapter_factory(cfg, device, multirun)
@@ -458,6 +562,10 @@ def main(cfg: DictConfig) -> None:
         group = {"group": sweep_group_of(hc.sweep.dir)} if multirun and cfg.logger.get("group", "") is None else {}
         logger = instantiate(cfg.logger, **group)
     common: dict[str, Any] = {"shard": shard, "on_rows": logger.log_rows if logger is not None else None}
+    global RESUME_COMMAND
+    RESUME_COMMAND = resume_command(ARGUMENTS if ARGUMENTS is not None else sys.argv[1:],
+                                    Path(hc.sweep.dir).resolve() if multirun else run_dir, multirun,
+                                    sys.argv[0] if sys.argv[0].endswith("run.py") else "run.py")
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a cluster's timeout: finish like Ctrl-C
     try:
         with attention_backend(cfg.get("attention") or "default"):
@@ -471,7 +579,7 @@ def main(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         if shard.is_main:
             _finish(read_records(run_dir / RESULTS_FILE), run_dir, logger,
-                    "Interrupted: finished units only; run the same command again to resume.")
+                    f"Interrupted: finished units only; to resume, run: {RESUME_COMMAND}")
         raise
     if shard.is_main:
         _finish(records, run_dir, logger)
@@ -480,8 +588,9 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     from eval.presets import smoke_arguments
 
+    ARGUMENTS = list(sys.argv[1:])
     arguments, error = smoke_arguments(sys.argv[1:], CONF_DIR)
-    sys.argv[1:] = inverter_overrides(arguments)
+    sys.argv[1:] = default_schedule(inverter_overrides(arguments))
     error = error or register_configs(_extra_conf_dirs(sys.argv[1:])) or check_group_choices(sys.argv[1:])
     if error:
         print(error, file=sys.stderr)
@@ -490,6 +599,6 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt as interrupt:
         why = f" ({interrupt})" if str(interrupt) else ""
-        print(f"run.py: interrupted{why}; finished units are kept in results.csv: run the same command "
-              "again to resume", file=sys.stderr)
+        again = f"to resume, run: {RESUME_COMMAND}" if RESUME_COMMAND else "run the same command again to resume"
+        print(f"run.py: interrupted{why}; finished units are kept in results.csv: {again}", file=sys.stderr)
         sys.exit(130)

@@ -13,6 +13,10 @@ model config (a plain dict, Hydra's ``_target_`` included) and returns:
 - a model built in code (the tiny random-weight models): the config itself; label the ``name``
   or the factory's name with ``(code)``.
 
+:func:`model_label` is the rows' ``model`` column: the config's ``name`` when set
+(``model.name=``), else a local ``path``'s folder name (``model=local``: each folder its own label),
+else the config group's choice.
+
 Hashing reads no weight bytes, so a 20 GB checkpoint is fingerprinted in milliseconds.
 
 Model options that are not the checkpoint but change what it computes (a replacement ``vae``, a
@@ -114,3 +118,15 @@ def _checkpoint(model_cfg: Mapping[str, Any]) -> Checkpoint:
             return _local(path)
     target = str(cfg.get("_target_", "model")).rpartition(".")[2]
     return Checkpoint(f"{name or target} (code)", {"code": cfg})
+
+
+def model_label(choice: str | None, model_cfg: Mapping[str, Any]) -> str | None:
+    """The rows' ``model`` label: ``name`` when the config sets one, else the folder name of a local
+    ``path`` (``model=local``), else ``choice`` (the ``model=`` config's name)."""
+    name = model_cfg.get("name")
+    if name not in (None, ""):
+        return str(name)
+    path = model_cfg.get("path")
+    if isinstance(path, (str, Path)) and str(path) and str(path) != "???":
+        return Path(path).expanduser().resolve().name or choice
+    return choice

@@ -162,9 +162,25 @@ def adapter_family(model_cfg: Mapping[str, Any]) -> str | None:
 
         try:
             return folder_family(path)
+        except FileNotFoundError as err:
+            raise ConfigError(_missing_index(Path(path).expanduser()) or str(err)) from None
         except (OSError, ValueError) as err:
             raise ConfigError(str(err)) from None
     return None
+
+
+def _missing_index(folder: Path) -> str | None:
+    """Where a folder without ``model_index.json`` holds its pipeline one level down (a download that
+    keeps it in ``pipeline/``, say): the message naming the folder to use, or None."""
+    if not folder.is_dir():
+        return None
+    try:
+        inner = sorted(p.parent for p in folder.glob("*/model_index.json"))
+    except OSError:
+        return None
+    if not inner:
+        return None
+    return (f"model.path: no model_index.json in {folder}; {inner[0]} has one: use model.path={inner[0]}")
 
 
 def model_family(model_cfg: Mapping[str, Any]) -> str | None:

@@ -300,7 +300,7 @@ class RunChecker:
 
         run = run_module()
         args, error = smoke_arguments(args, CONF)  # what run.py does first (paper presets' smoke=true)
-        args = run.inverter_overrides(args)  # inverter.<key>= -> ++inverter.<key>=, as run.py
+        args = run.default_schedule(run.inverter_overrides(args))  # ++inverter.<key>=, the family's schedule, as run.py
         error = error or run.check_group_choices(args)
         if error:
             return error
@@ -341,6 +341,7 @@ class RunChecker:
         try:
             with _stand_ins(self.monkeypatch, dataset_external, model_external), contextlib.redirect_stderr(stderr):
                 with self._shared_datasets(dataset_external):
+                    run.dataset_limit(cfg)
                     run.validated_dataset(cfg)
                 run.build_settings(cfg, self.tmp / "run", None, "cpu")
         except SystemExit as stop:

@@ -3,6 +3,7 @@ device, image size from the checkpoint; rows name the checkpoint, not the config
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,11 @@ from gnri.models import auto_dtype, folder_family
 from gnri.models.tiny import save_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
+FAST = ["max_images=1", "warmup=0", "progress=false", "time_network=false"]
+
+
+def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,7 @@ def test_one_override_runs_a_local_folder(folders: dict[str, Path], tmp_path: Pa
     assert "warn" not in proc.stderr.lower().replace("load average", "")  # no dtype / size warnings
     df = read_records(out / RESULTS_FILE)
     assert (df["status"] == "ok").all()
-    assert df["dtype"].unique().tolist() == ["float32"] and df["model"].unique().tolist() == ["local"]
+    assert df["dtype"].unique().tolist() == ["float32"] and df["model"].unique().tolist() == ["my_sd"]  # the folder's name
     assert df["checkpoint"].iloc[0].startswith("my_sd@") and df["adapter"].iloc[0] == "my_sd"
 
 
@@ -60,3 +66,84 @@ def test_model_local_without_path_is_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "run.py: model=local needs model.path=<a local diffusers pipeline folder>"
+
+
+def test_a_flux_folder_runs_on_the_flow_default_schedule_with_its_label(folders: dict[str, Path], tmp_path: Path) -> None:
+    """No schedule= given: the flow family's default (flow4), not conf/config.yaml's ddim10;
+    model.name= labels the rows."""
+    out = tmp_path / "run"
+    proc = _run("model=local", f"model.path={folders['flux']}", "model.name=my_label", *FAST, f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    df = read_records(out / RESULTS_FILE)
+    assert set(df["status"]) == {"ok", "unavailable"}  # unavailable: the time_network=false rows
+    assert set(df["schedule"]) == {"flow4"} and set(df["model"]) == {"my_label"}
+    assert df["checkpoint"].iloc[0].startswith("my_flux@")
+
+
+def test_an_explicit_schedule_wins_over_the_family_default(folders: dict[str, Path], tmp_path: Path) -> None:
+    proc = _run("model=local", f"model.path={folders['flux']}", "schedule=ddim10", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2 and "schedule=ddim10 (kind ddim) does not apply to model=local" in proc.stderr
+
+
+def test_default_schedule_follows_the_family_without_loading(folders: dict[str, Path]) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gnri_bench_run_local", ROOT / "run.py")
+    run = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(run)  # type: ignore[union-attr]
+    flux = ["model=local", f"model.path={folders['flux']}"]
+    assert run.default_schedule(flux) == [*flux, "schedule=flow4"]
+    assert run.default_schedule(["model=tiny_flux"]) == ["model=tiny_flux", "schedule=flow4"]
+    for unchanged in (["model=local", f"model.path={folders['sd']}"], [], ["model=tiny_sd"], [*flux, "schedule=flow8"],
+                      [*flux, "experiment=tiny_sweep"], ["model=local"], ["-m", "model=tiny_sd,tiny_flux"]):
+        assert run.default_schedule(unchanged) == unchanged
+
+
+@pytest.fixture(scope="module")
+def pickled(tmp_path_factory) -> Path:
+    """The tiny SD pipeline with pickle (.bin) weights only: refused unless model.allow_pickle=true."""
+    import torch
+    from safetensors.torch import load_file
+
+    from gnri.models.tiny import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("pickled") / "my_pickled"
+    tiny_pipeline("sd", seed=3).save_pretrained(folder, safe_serialization=False)
+    for file in folder.rglob("*.safetensors"):  # transformers 5 writes safetensors regardless
+        torch.save(load_file(file), file.with_name("pytorch_model.bin"))
+        file.unlink()
+    return folder
+
+
+def test_a_model_that_cannot_load_stops_a_single_run_in_one_line(folders: dict[str, Path], pickled: Path,
+                                                                 tmp_path: Path) -> None:
+    """Refused pickle, a missing component, a folder holding the pipeline one level down: one line on
+    stderr, exit 2, no rows."""
+    out = tmp_path / "run"
+    proc = _run("model=local", f"model.path={pickled}", *FAST, f"hydra.run.dir={out}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr[-2000:]
+    assert proc.stderr.startswith("run.py: model=local could not be loaded: PickleWeightsError: ")
+    assert "model.allow_pickle=true" in proc.stderr and not (out / RESULTS_FILE).exists()
+
+    broken = tmp_path / "no_vae"
+    shutil.copytree(folders["sd"], broken)
+    shutil.rmtree(broken / "vae")
+    proc = _run("model=local", f"model.path={broken}", *FAST, f"hydra.run.dir={tmp_path / 'run2'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]  # above: diffusers' progress bars
+    assert proc.stderr.strip().splitlines()[-1].startswith("run.py: model=local could not be loaded: OSError: ")
+    assert not (tmp_path / "run2" / RESULTS_FILE).exists()
+
+    wrapped = tmp_path / "download"
+    shutil.copytree(folders["sd"], wrapped / "pipeline")
+    proc = _run("model=local", f"model.path={wrapped}", *FAST, f"hydra.run.dir={tmp_path / 'run3'}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"run.py: model.path: no model_index.json in {wrapped}; {wrapped}/pipeline has one: "
+                                   f"use model.path={wrapped}/pipeline")
+
+
+def test_a_model_that_cannot_load_is_failed_rows_in_a_multirun(pickled: Path, tmp_path: Path) -> None:
+    proc = _run("-m", "model=local", f"model.path={pickled}", *FAST, f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    df = read_records(tmp_path / "0" / RESULTS_FILE)
+    assert (df["status"] == "failed").all() and df["reason"].str.contains("allow_pickle").all()

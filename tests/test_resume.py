@@ -183,3 +183,6 @@ def test_ctrl_c_and_sigterm_end_in_one_line_with_the_summary_written(tmp_path: P
     assert "Traceback" not in out
     assert out.strip().splitlines()[-1].startswith("run.py: interrupted")
     assert "Interrupted: finished units only" in (run_dir / "summary.md").read_text()
+    resume = f"to resume, run: python {ROOT / 'run.py'} model=tiny_sd inverter=ddim"  # the command as typed
+    assert resume in out and out.strip().endswith(f"hydra.run.dir={run_dir}")
+    assert resume in (run_dir / "summary.md").read_text()
