@@ -66,7 +66,7 @@ from tqdm.auto import tqdm
 from eval.data import Entry
 from eval.edit_data import EditEntry, fit_mask
 from eval.distributed import Shard
-from eval.finite import check_finite
+from eval.finite import check_finite, checked_result
 from eval.cache import TensorCache
 from eval.harness import BrokenAdapter, RefusedAdapter, cached_conditioning, cached_image, image_cache_key, is_adapter
 from eval.loop import Rows, run_units
@@ -219,7 +219,7 @@ def _source(adapter: ModelAdapter, entry: Entry) -> Tensor:
 def _invert(inverter: Inverter, denoiser: Any, latent: Tensor, grid: Any, cond: Any) -> InversionResult:
     try:
         with torch.no_grad():
-            result = inverter(denoiser, latent, grid, cond)
+            result = checked_result(inverter(denoiser, latent, grid, cond))
     except ValueError as err:
         raise Skip(f"does not apply: {_one_line(err)}") from None
     if not bool(torch.isfinite(result.z).all()):

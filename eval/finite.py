@@ -10,6 +10,8 @@ image as ``failed`` with the message) naming what was non-finite, how many value
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from gnri.core import Tensor
@@ -47,3 +49,13 @@ def check_finite(tensor: Tensor, what: str) -> Tensor:
     if reason is not None:
         raise NonFiniteError(reason)
     return tensor
+
+
+def checked_result(result: Any) -> Any:
+    """``result`` if it is a :class:`gnri.core.InversionResult`, else a TypeError naming what the
+    inverter returned (a plug-in's mistake becomes a ``failed`` row with that reason)."""
+    from gnri.core import InversionResult
+
+    if not isinstance(result, InversionResult):
+        raise TypeError(f"the inverter returned a {type(result).__name__}, not a gnri.core.InversionResult")
+    return result

@@ -51,7 +51,7 @@ import torch
 from eval.cache import TensorCache, conditioning_from_tensors, conditioning_to_tensors
 from eval.data import Entry
 from eval.distributed import Shard
-from eval.finite import check_finite, diverged_reason
+from eval.finite import check_finite, checked_result, diverged_reason
 from eval.loop import run_units
 from eval.machine import warn_if_loaded
 from eval.metrics.base import ImageMetric
@@ -447,7 +447,7 @@ def _prepare(run: _Run, entry: Entry) -> _Image:
 def _invert(run: _Run, denoiser: Any, img: _Batch) -> InversionResult:
     try:
         with torch.no_grad():
-            return run.inverter(denoiser, img.latent, img.grid, img.cond)
+            return checked_result(run.inverter(denoiser, img.latent, img.grid, img.cond))
     except ValueError as err:
         raise _Skip(f"does not apply: {_one_line(err)}") from None
 

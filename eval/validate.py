@@ -127,18 +127,32 @@ def inverter_function(name: str, target: str) -> Callable[..., Any]:
     return fn
 
 
+def _annotations(fn: Any) -> dict[str, Any]:
+    """The resolved annotations of an inverter: a function, a ``functools.partial`` of one, or a
+    callable object (its ``__call__``); {} where they cannot be resolved (then types go unchecked)."""
+    for candidate in (fn, getattr(fn, "func", None), getattr(type(fn), "__call__", None)):
+        if candidate is None:
+            continue
+        try:
+            hints = typing.get_type_hints(candidate)
+        except Exception:  # noqa: BLE001 - an annotation that cannot be resolved is not checked
+            continue
+        if hints:
+            return hints
+    return {}
+
+
 def check_inverter(name: str, target: str, params: Mapping[str, Any]) -> None:
     """The target (:func:`inverter_function`), then unknown keys, wrong types and out-of-range values
     of ``inverter=<name>``'s hyperparameters."""
+    from gnri.catalog import option_parameters, takes_any_option
+
     fn: Callable[..., Any] = inverter_function(name, target)
-    signature = inspect.signature(fn)
-    options = {p.name: p for p in signature.parameters.values() if p.kind == p.KEYWORD_ONLY}
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # noqa: BLE001 - an annotation that cannot be resolved is not checked
-        hints = {}
+    options = {p.name: p for p in option_parameters(fn)}
+    any_key = takes_any_option(fn)
+    hints = _annotations(fn)
     for key, value in params.items():
-        if key not in options:
+        if key not in options and not any_key:
             valid = ", ".join(options) or "(none)"
             raise ConfigError(f"inverter={name}: unknown option inverter.{key}; valid: {valid}")
         ok, words = _type_ok(value, hints.get(key, Any))

@@ -144,11 +144,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def option_parameters(fn: Callable[..., Any]) -> list[inspect.Parameter]:
+    """An inverter's options: its keyword-only parameters, and any positional-or-keyword parameter
+    after the four inputs ``(denoiser, x0, grid, cond)`` (a plug-in may write ``scale=1.0`` there)."""
+    params = list(inspect.signature(fn).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    after_inputs = [p for p in positional[4:] if p.kind is p.POSITIONAL_OR_KEYWORD]
+    return after_inputs + [p for p in params if p.kind is p.KEYWORD_ONLY]
+
+
+def takes_any_option(fn: Callable[..., Any]) -> bool:
+    """Whether an inverter takes ``**kwargs`` (then any ``inverter.<key>=`` reaches it)."""
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+
+
 def signature_defaults(fn: Callable[..., Any]) -> dict[str, Any]:
-    """The keyword-only parameters of an inverter with a default (a partial's keywords applied)."""
-    params = inspect.signature(fn).parameters.values()
-    return {p.name: _plain(p.default) for p in params
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+    """The options of an inverter (:func:`option_parameters`) that have a default, a partial's
+    keywords applied."""
+    return {p.name: _plain(p.default) for p in option_parameters(fn) if p.default is not inspect.Parameter.empty}
 
 
 @dataclass(frozen=True)
