@@ -130,7 +130,9 @@ def inverter_function(name: str, target: str) -> Callable[..., Any]:
 def _annotations(fn: Any) -> dict[str, Any]:
     """The resolved annotations of an inverter: a function, a ``functools.partial`` of one, or a
     callable object (its ``__call__``); {} where they cannot be resolved (then types go unchecked)."""
-    for candidate in (fn, getattr(fn, "func", None), getattr(type(fn), "__call__", None)):
+    from gnri.catalog import unwrap
+
+    for candidate in (fn, unwrap(fn), getattr(type(fn), "__call__", None)):
         if candidate is None:
             continue
         try:

@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from eval.records import TIMING_METRICS
 from eval.report.load import under_load
 from eval.report.paired import BETTER, LOADED, WORSE, PairedResult, holm, paired_test, verdict
 from eval.report.tables import add_failure_rate, add_total_time, label_methods
@@ -29,15 +30,14 @@ REGIME = ("model", "setting")
 PAIR_KEYS = ("image", "caption", "guidance_scale", "true_cfg_scale")
 DEFAULT_REFERENCE = "ddim"  # used when neither the caller nor the runs' config names one
 CONFIG_KEY = "reference"
-TIMING_PREFIXES = ("time_", "overhead_ratio")  # seconds, and ratios of seconds (overhead_ratio_bare too)
-TIMING_METRICS = ("compile_s", "non_network_share")
+MEMORY_PREFIX = "peak_memory"  # measured in the timing pass, but not a clock: load does not change it
 VERDICT_COLUMNS = ("model", "setting", "method", "reference", "metric", "higher_is_better", "n_pairs", "mean_diff",
                    "ci_low", "ci_high", "p_value", "p_holm", "verdict", "under_load")
 
 
 def is_timing(metric: str) -> bool:
     """True for clock metrics (seconds and ratios of seconds), whose verdicts need an unloaded machine."""
-    return metric.startswith(TIMING_PREFIXES) or metric in TIMING_METRICS
+    return metric.startswith("time_") or (metric in TIMING_METRICS and not metric.startswith(MEMORY_PREFIX))
 
 
 def editor_of(inverter: str) -> str:

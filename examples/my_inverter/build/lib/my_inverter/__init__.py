@@ -1,1 +1,0 @@
-"""An example gnri-bench plug-in package (see README.md): inverters found through entry points."""
