@@ -8,9 +8,8 @@
 
 Builds plain objects from the config groups (model -> adapter, schedule -> ScheduleSpec,
 inverter -> a partial of ``invert``, dataset -> entries, metrics -> ImageMetric list, logger),
-calls :func:`eval.harness.evaluate` (``task=reconstruct``, the default) or, for ``task=edit``,
-``exact`` or ``interpolate``, the loops of :mod:`eval.edit_harness` (:func:`run_task`), and
-writes ``results.csv``, ``provenance.json`` and ``summary.md`` into the Hydra run folder (one
+runs the task ``task.name`` (:func:`eval.tasks.run`: ``reconstruct``, the default, ``edit``,
+``interpolate``, ``exact``, or a task from outside named by ``task._target_``), and writes ``results.csv``, ``provenance.json`` and ``summary.md`` into the Hydra run folder (one
 folder per job in a multirun). The top-level ``device`` (``auto``: cuda if available, else cpu)
 and ``dtype`` override the model config's own ``device``/``dtype``; set either to ``null`` to
 keep the model config's value.
@@ -47,7 +46,6 @@ from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = ("model", "schedule", "inverter", "dataset", "metrics", "logger", "task", "experiment")
-TASKS = ("reconstruct", "edit", "exact", "interpolate")
 META_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 # Launchers that run several jobs at once on one machine and do not pin a GPU per job themselves.
 LOCAL_PARALLEL_LAUNCHERS = ("JoblibLauncher", "submitit_launcher.LocalLauncher")
@@ -134,6 +132,7 @@ def default_schedule(args: list[str]) -> list[str]:
     import yaml
 
     from eval import validate
+    from gnri.models.families import default_schedule_name
 
     keys = [a.lstrip("+~").partition("=")[0] for a in args if not a.startswith("-")]
     if "schedule" in keys or "experiment" in keys:
@@ -153,10 +152,11 @@ def default_schedule(args: list[str]) -> list[str]:
             value = _override_value(args, f"model.{key}")
             if value is not None:
                 model_cfg[key] = value
-        family = validate.model_family(model_cfg)
+        family = validate.adapter_family(model_cfg)
     except Exception:  # noqa: BLE001 - the checks after composition report a bad model config
         return args
-    return [*args, "schedule=flow4"] if family == "flow" else args
+    name = default_schedule_name(family) if family else None  # gnri.models.families: the family's own
+    return [*args, f"schedule={name}"] if name else args
 
 
 def register_configs(conf_dirs: Iterable[Path] = ()) -> str | None:
@@ -279,42 +279,6 @@ def build_schedule(node: DictConfig) -> Any:
     return ScheduleSpec(**hyperparameters(node))
 
 
-def run_task(settings: Any, node: DictConfig, adapter: Any, inverter: Any, dataset: Any, **common: Any) -> Any:
-    """``task=edit|exact|interpolate``: the loops of :mod:`eval.edit_harness` with the task's options."""
-    from eval import edit_harness
-
-    options = hyperparameters(node)
-    if settings.task == "edit":
-        from eval.world_data import world_dir
-        from eval.metrics.clip_score import CLIPScore
-
-        clip = dict(options.get("clip") or {})
-        if clip.get("weights") == "auto":
-            clip["weights"] = str(world_dir() / "clip")
-        edit_settings = edit_harness.EditSettings(
-            options.get("editor", "prompt_swap"), options.get("edit_guidance_scale"),
-            options.get("negative_prompt", ""), dict(options.get("p2p") or {}),
-            v_inject=dict(options.get("v_inject") or {}),
-        )
-        return edit_harness.evaluate_edits(
-            adapter, settings.schedule, inverter, settings.inverter, dataset, edit_settings, clip=CLIPScore(**clip),
-            lpips_net=options.get("lpips_net", "alex"), save_images=bool(options.get("save_images", True)),
-            run=settings, **common,
-        )
-    if settings.task == "exact":
-        return edit_harness.evaluate_exact(
-            adapter, settings.schedule, inverter, settings.inverter, dataset,
-            vae_roundtrip=bool(options.get("vae_roundtrip")), run=settings, **common,
-        )
-    if settings.task == "interpolate":
-        return edit_harness.evaluate_interpolation(
-            adapter, settings.schedule, inverter, settings.inverter, dataset,
-            num_points=int(options.get("num_points", 7)), lpips_net=options.get("lpips_net", "alex"),
-            run=settings, **common,
-        )
-    raise ValueError(f"run.py: task.name must be one of {TASKS}, got {settings.task!r}")
-
-
 def _finish(records: Any, run_dir: Path, logger: Any, note: str | None = None) -> None:
     from eval.summary import summarize, terminal_summary, write_summary
 
@@ -395,7 +359,7 @@ def _adapter_factory(cfg: DictConfig, device: str, multirun: bool) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
-    from eval.harness import BrokenAdapter
+    from eval.task import BrokenAdapter
 
     name = HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else cfg.model.get("name")
 
@@ -408,8 +372,7 @@ def _adapter_factory(cfg: DictConfig, device: str, multirun: bool) -> Any:
         try:
             adapter = instantiate(cfg.model, **overrides)
             # what the config could not tell before loading (a FLUX transformer built in code or not cached)
-            check = getattr(adapter, "guidance_problem", None)
-            problem = check(cfg.guidance_scale, float(cfg.get("true_cfg_scale", 1.0))) if callable(check) else None
+            problem = adapter.guidance_problem(cfg.guidance_scale, float(cfg.get("true_cfg_scale", 1.0)))
             if problem:
                 raise ConfigError(f"model={name}: {problem}")
             return adapter
@@ -430,9 +393,10 @@ def validated_dataset(cfg: DictConfig) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
-    from eval import validate
-
     from hydra.types import RunMode
+
+    from eval import validate
+    from eval.tasks import task_class
 
     choices = HydraConfig.get().runtime.choices
     names = {g: str(choices.get(g)) for g in ("model", "schedule", "inverter", "dataset")}
@@ -463,6 +427,10 @@ def validated_dataset(cfg: DictConfig) -> Any:
             cause = err.__cause__ or err
             raise validate.ConfigError(f"dataset={names['dataset']}: {str(cause).strip().splitlines()[0]}") from None
         task = cfg.task.name if "task" in cfg else "reconstruct"
+        try:
+            task_class(str(task), cfg.task.get("_target_") if "task" in cfg else None)
+        except ValueError as err:
+            raise validate.ConfigError(str(err)) from None
         validate.check_task_fits(str(task), names["dataset"], list(dataset))
         batch = cfg.get("batch_size", 1)
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -514,6 +482,42 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _cache_dir(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> Path | None:
+    """The shared content-keyed cache: ``cache_dir``, else ``.cache`` in the sweep (or run) folder."""
+    if not cfg.get("cache", True):
+        return None
+    default = (sweep_dir if sweep_dir is not None else run_dir) / ".cache"
+    return Path(cfg.cache_dir).expanduser().resolve() if cfg.get("cache_dir") else default.resolve()
+
+
+def _logger(cfg: DictConfig, sweep_dir: Path | None) -> Any:
+    """The configured logger (W&B: a sweep's jobs share one group), or None."""
+    from hydra.utils import instantiate
+
+    from eval.loggers.sweep_summary import sweep_group_of
+
+    if not (cfg.logger and cfg.logger.get("_target_")):
+        return None
+    group = {"group": sweep_group_of(str(sweep_dir))} if sweep_dir is not None and cfg.logger.get("group", "") is None else {}
+    return instantiate(cfg.logger, **group)
+
+
+def _run_task(cfg: DictConfig, settings: Any, adapter: Any, dataset: Any, **common: Any) -> Any:
+    """The task's table (:func:`eval.tasks.run`), under the configured attention backend."""
+    from hydra.utils import instantiate
+
+    from eval.metrics import build_metrics
+    from eval.tasks import run
+    from gnri.models.attention import attention_backend
+
+    inverter = instantiate(cfg.inverter, _convert_="all")
+    metric_cfg: dict = OmegaConf.to_container(cfg.metrics, resolve=True)  # type: ignore[assignment]
+    target = cfg.task.get("_target_") if "task" in cfg else None
+    with attention_backend(cfg.get("attention") or "default"):
+        return run(settings, adapter, inverter, dataset, target=target,
+                   metrics=lambda: build_metrics(metric_cfg["names"], metric_cfg.get("options")), **common)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     import signal
@@ -521,61 +525,40 @@ def main(cfg: DictConfig) -> None:
     import torch
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from hydra.utils import instantiate
 
     from eval.distributed import current_shard, local_device
-    from eval.harness import evaluate
-    from eval.loggers.sweep_summary import sweep_group_of
-    from eval.metrics import build_metrics
     from eval.records import RESULTS_FILE, read_records
-    from gnri.models.attention import attention_backend
+    from eval.task import RefusedAdapter
 
     hc = HydraConfig.get()
     shard = current_shard()
     run_dir = Path(shard.broadcast(str(Path(hc.runtime.output_dir).resolve())))
     multirun = hc.mode == RunMode.MULTIRUN
+    sweep_dir = Path(hc.sweep.dir) if multirun else None
     torch.manual_seed(cfg.seed)
-    job_num = hc.job.get("num") if multirun else None
     launcher = str(hc.launcher.get("_target_", "")) if "launcher" in hc else ""
-    device = local_device(pick_device(cfg.device, cfg.model.get("device"), launcher, job_num), shard)
+    device = local_device(pick_device(cfg.device, cfg.model.get("device"), launcher,
+                                      hc.job.get("num") if multirun else None), shard)
     if device.startswith("cuda") and not torch.cuda.is_available():
         hint = "; add smoke=true to run this preset on its tiny model on the CPU" if cfg.get("paper_preset") else ""
         print(f"run.py: device={device}: no CUDA device on this machine{hint}", file=sys.stderr)
         sys.exit(2)
-    cache_dir = None
-    if cfg.get("cache", True):
-        default = (Path(hc.sweep.dir) if multirun else run_dir) / ".cache"
-        cache_dir = Path(cfg.cache_dir).expanduser().resolve() if cfg.get("cache_dir") else default.resolve()
     dataset_limit(cfg)
     dataset = validated_dataset(cfg)  # every settings mistake stops here, before any model loads
-    settings = build_settings(cfg, run_dir, cache_dir, device)
+    settings = build_settings(cfg, run_dir, _cache_dir(cfg, run_dir, sweep_dir), device)
     adapter = _adapter_factory(cfg, device, multirun)
     refusal = method_refusal(cfg)  # a multirun only (a single run stopped above): skipped rows, no model
     if refusal is not None:
-        from eval.harness import RefusedAdapter
-
         adapter = RefusedAdapter(str(hc.runtime.choices.get("model")), ValueError(refusal))
-    inverter = instantiate(cfg.inverter, _convert_="all")
-    metric_cfg: dict = OmegaConf.to_container(cfg.metrics, resolve=True)  # type: ignore[assignment]
-    logger = None
-    if shard.is_main and cfg.logger and cfg.logger.get("_target_"):
-        group = {"group": sweep_group_of(hc.sweep.dir)} if multirun and cfg.logger.get("group", "") is None else {}
-        logger = instantiate(cfg.logger, **group)
-    common: dict[str, Any] = {"shard": shard, "on_rows": logger.log_rows if logger is not None else None}
+    logger = _logger(cfg, sweep_dir) if shard.is_main else None
     global RESUME_COMMAND
     RESUME_COMMAND = resume_command(ARGUMENTS if ARGUMENTS is not None else sys.argv[1:],
-                                    Path(hc.sweep.dir).resolve() if multirun else run_dir, multirun,
+                                    sweep_dir.resolve() if sweep_dir is not None else run_dir, multirun,
                                     sys.argv[0] if sys.argv[0].endswith("run.py") else "run.py")
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a cluster's timeout: finish like Ctrl-C
     try:
-        with attention_backend(cfg.get("attention") or "default"):
-            if settings.task == "reconstruct":
-                records = evaluate(
-                    adapter, settings.schedule, inverter, settings.inverter, dataset,
-                    lambda: build_metrics(metric_cfg["names"], metric_cfg.get("options")), settings, **common,
-                )
-            else:
-                records = run_task(settings, cfg.task, adapter, inverter, dataset, **common)
+        records = _run_task(cfg, settings, adapter, dataset, shard=shard,
+                            on_rows=logger.log_rows if logger is not None else None)
     except KeyboardInterrupt:
         if shard.is_main:
             _finish(read_records(run_dir / RESULTS_FILE), run_dir, logger,

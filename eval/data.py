@@ -40,10 +40,13 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    from gnri.models.base import ModelAdapter
 
 Tensor = torch.Tensor
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -201,17 +204,15 @@ def distinct_ids(entries: Iterable[Entry]) -> list[Entry]:
     return out
 
 
-def with_caption_warnings(entries: Iterable[Entry], adapter: Any) -> list[Entry]:
+def with_caption_warnings(entries: Iterable[Entry], adapter: ModelAdapter) -> list[Entry]:
     """``entries`` with a ``warning`` on each usable one whose caption the adapter truncates.
 
-    Uses ``adapter.prompt_warning(caption) -> str | None`` (the SD, SDXL and Flux adapters have
-    it); an adapter without it leaves the entries as they are.
+    Uses ``adapter.prompt_warning(caption) -> str | None`` (:class:`gnri.models.base.ModelAdapter`).
     """
-    check = getattr(adapter, "prompt_warning", None)
     out = []
     for entry in entries:
-        if check is not None and entry.problem is None and entry.caption:
-            warning = check(entry.caption)
+        if entry.problem is None and entry.caption:
+            warning = adapter.prompt_warning(entry.caption)
             if warning:
                 entry = replace(entry, warning=warning if entry.warning is None else f"{entry.warning}; {warning}")
         out.append(entry)

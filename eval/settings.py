@@ -3,8 +3,8 @@
 :class:`RunSettings` carries everything about a run that is not an object (the adapter, the
 inverter callable, the metric objects and the dataset are passed beside it): names, the
 schedule, hyperparameters, the task's options, seeds, clocks, where results and the cache go.
-Both harnesses (:mod:`eval.harness`, :mod:`eval.edit_harness`) take it, and run.py builds it
-from the config.
+Every task (:func:`eval.tasks.run`) takes it, and run.py builds it from the config; ``task`` is
+a name of :data:`eval.tasks.TASKS` (or a task from outside, named by its config's ``_target_``).
 
 :meth:`RunSettings.key_fields` is the part of it that decides a result: the checkpoint's
 identity (not the config name), device and dtype, the schedule, the inverter and its resolved
@@ -26,7 +26,6 @@ from eval.identity import Checkpoint
 from eval.records import RunInfo, new_run_id, provenance, to_json
 from gnri.models.base import ScheduleSpec
 
-TASKS = ("reconstruct", "edit", "exact", "interpolate")
 KEY_HEX = 20  # 80 bits: no collision in any sweep of this world
 
 
@@ -62,8 +61,6 @@ class RunSettings:
     config: Mapping[str, Any] | None = None  # the full resolved config, for provenance
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task.name must be one of {TASKS}, got {self.task!r}")
         if self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {self.warmup} and {self.repeats}")
         if self.batch_size < 1:
@@ -155,3 +152,12 @@ def settings_from_kwargs(schedule: ScheduleSpec, inverter_name: str, **fields: A
             values[target] = value
     values["inverter_params"] = dict(values.get("inverter_params") or {})
     return RunSettings(schedule=schedule, inverter=inverter_name).with_(**values)
+
+
+def settings_for_task(run: RunSettings | None, schedule: ScheduleSpec, inverter_name: str, task: str,
+                      task_params: Mapping[str, Any], fields: Mapping[str, Any]) -> RunSettings:
+    """The keyword forms' settings: ``run`` (or one from the legacy keyword ``fields``) for
+    ``task``, with ``task_params`` under the run's own task parameters."""
+    if run is None:
+        run = settings_from_kwargs(schedule, inverter_name, **fields)
+    return run.with_(task=task, task_params={**dict(task_params), **dict(run.task_params)})

@@ -24,6 +24,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 from gnri.catalog import info_of, resolve
 from gnri.models.base import FLOW_KINDS, VP_KINDS
+from gnri.models.families import MATHS_FAMILIES, NETWORK_KINDS
 
 
 class ConfigError(ValueError):
@@ -52,8 +53,9 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "n_min": (0, None, True),
     "skip": (0, 1, True),
 }
-# Model config -> family: the key that names it and what its values mean.
-FAMILY_OF = {"sd": "vp", "sdxl": "vp", "flux": "flow"}
+# Loader family (a model config's family key: sd | sdxl | flux) -> maths family (vp | flow), from the
+# one table of family facts (gnri.models.families).
+FAMILY_OF = MATHS_FAMILIES
 
 
 def locate(target: str) -> Any:
@@ -283,7 +285,7 @@ def check_guidance(model_name: str, model_cfg: Mapping[str, Any], guidance_scale
     from gnri.models.base import guidance_error
 
     family = adapter_family(model_cfg)
-    kind = None if family is None else ("flux" if family == "flux" else "unet")
+    kind = None if family is None else NETWORK_KINDS[family]
     embeds = transformer_guidance_embeds(model_cfg) if kind == "flux" else None
     problem = guidance_error(kind, embeds, guidance_scale, true_cfg_scale)
     if problem:

@@ -2,10 +2,10 @@
 
 No Hydra, no harness::
 
-    from diffusers import AutoPipelineForText2Image
     import gnri
+    from gnri.models import load_pipeline
 
-    pipe = AutoPipelineForText2Image.from_pretrained("stabilityai/sdxl-turbo")
+    pipe = load_pipeline("stabilityai/sdxl-turbo")  # diffusers' AutoPipelineForText2Image, safetensors only
     inv = gnri.invert(pipe, "cat.png", "a photo of a cat", method="gnri", schedule="euler4_trailing")
     same = inv.regenerate()                                  # (1, 3, H, W) in [0, 1]
     edit = inv.regenerate("a photo of a dog", guidance_scale=1.2)
@@ -46,11 +46,12 @@ from gnri.core import (
 )
 from gnri.images import fit_to_size, load_image, to_rgb_tensor
 from gnri.models.base import ModelAdapter, ScheduleSpec
-from gnri import catalog
+from gnri.models.families import PIPELINE_PREFIXES, TABLE, library_schedule_name, prefix_family
+from gnri import catalog, quality
 from gnri.catalog import method_entry, resolve
 from gnri.registry import schedule_fields
 
-PIPELINE_FAMILIES = {"StableDiffusionXL": "sdxl", "Flux": "flux", "StableDiffusion": "sd"}
+PIPELINE_FAMILIES = PIPELINE_PREFIXES  # pipeline class-name prefix -> loader family (gnri.models.families)
 FORMAT = "gnri-inversion/1"  # the safetensors metadata key and version of Inversion.save
 OneImage = Union[str, Path, Image.Image, Tensor]
 ProgressCallback = Callable[[int, int], None]  # (levels reached, total steps)
@@ -59,10 +60,11 @@ ProgressCallback = Callable[[int, int], None]  # (levels reached, total steps)
 def family_of(pipeline: Any) -> str:
     """``sd``, ``sdxl`` or ``flux`` from a diffusers pipeline's class name."""
     name = type(pipeline).__name__
-    for prefix, family in PIPELINE_FAMILIES.items():
-        if name.startswith(prefix):
-            return family
-    raise ValueError(f"gnri.invert: unsupported pipeline class {name}; supported: StableDiffusion*, StableDiffusionXL*, Flux*")
+    family = prefix_family(name)
+    if family is None:
+        supported = ", ".join(f"{f.class_prefix}*" for f in TABLE.values())
+        raise ValueError(f"gnri.invert: unsupported pipeline class {name}; supported: {supported}")
+    return family
 
 
 def as_adapter(model: Any, **options: Any) -> ModelAdapter:
@@ -158,9 +160,9 @@ def image_tensor(image: OneImage | Sequence[OneImage], size: tuple[int, int]) ->
 
 
 def psnr(pred: Tensor, target: Tensor) -> list[float]:
-    """Per-image PSNR (dB) of (B, 3, H, W) images in [0, 1] (MSE over each image, never pooled)."""
-    mse = (pred.double() - target.double().to(pred.device)).flatten(1).pow(2).mean(dim=1)
-    return (10.0 * torch.log10(1.0 / mse)).tolist()
+    """Per-image PSNR (dB) of (B, 3, H, W) images in [0, 1] (MSE over each image, never pooled): the
+    project's one PSNR, :func:`gnri.quality.psnr`, as a list."""
+    return quality.psnr(pred, target.to(pred.device)).tolist()
 
 
 @dataclass
@@ -433,12 +435,7 @@ def invert(
     if problem:
         raise ValueError(f"gnri.invert: {problem}")
     schedule = default_schedule(adapter) if schedule is None else resolve_schedule(schedule)
-    if isinstance(method, str):
-        fn, params = method_entry(method)
-        check_hyperparameters(method, fn, hyperparameters)
-        params.update(hyperparameters)
-    else:
-        fn, params = method, dict(hyperparameters)
+    fn, params = _method_and_params(method, hyperparameters)
     pixels = image_tensor(image, adapter.image_size())
     prompts = _as_list(prompt, pixels.shape[0])
     if len(prompts) != pixels.shape[0]:
@@ -449,23 +446,43 @@ def invert(
     scales = {"guidance_scale": guidance_scale, "true_cfg_scale": true_cfg_scale}
     cond = adapter.encode_prompts(prompts, guidance_scale, negatives, **_true_cfg(scales))
     counting = CountingDenoiser(adapter.denoiser())
-    bar = _Bar(grid.num_steps, progress, f"gnri.invert {_method_name(method)}") if progress else None
-    denoiser: Any = counting
-    if bar is not None:
-        denoiser = ProgressDenoiser(counting, {lv: i for i, lv in enumerate(grid.levels)}, bar)
-    try:
-        result = fn(denoiser, latent, grid, cond, **params)
-    finally:
-        if bar is not None:
-            bar.close()
+    result = _run_inverter(fn, params, counting, latent, grid, cond, progress, _method_name(method))
     return Inversion(adapter, grid, cond, result, latent, prompts, pixels.to(latent.device), _method_name(method),
                      params, schedule, negatives, counting.counter, **scales)
 
 
+def _method_and_params(method: str | Callable[..., InversionResult],
+                       hyperparameters: dict[str, Any]) -> tuple[Callable[..., InversionResult], dict[str, Any]]:
+    """The inverter and the hyperparameters it runs with (a named method's defaults, overridden)."""
+    if isinstance(method, str):
+        fn, params = method_entry(method)
+        check_hyperparameters(method, fn, hyperparameters)
+        params.update(hyperparameters)
+        return fn, params
+    return method, dict(hyperparameters)
+
+
+def _run_inverter(fn: Callable[..., InversionResult], params: dict[str, Any], counting: CountingDenoiser,
+                  latent: Tensor, grid: Grid, cond: Conditioning, progress: bool | ProgressCallback,
+                  name: str) -> InversionResult:
+    """Call the inverter on ``counting`` (wrapped by a progress reporter when ``progress``)."""
+    bar = _Bar(grid.num_steps, progress, f"gnri.invert {name}") if progress else None
+    denoiser: Any = counting
+    if bar is not None:
+        denoiser = ProgressDenoiser(counting, {lv: i for i, lv in enumerate(grid.levels)}, bar)
+    try:
+        return fn(denoiser, latent, grid, cond, **params)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def default_schedule(adapter: ModelAdapter) -> ScheduleSpec:
-    """DDIM 50 (SD), Euler 4 trailing (SDXL, the SDXL-Turbo setting), flow Euler 4 (Flux)."""
-    if adapter.family == "flow":
-        return ScheduleSpec("flow_euler", 4)
-    if type(adapter).__name__.startswith("SDXL"):
-        return ScheduleSpec("euler", 4, "trailing")
-    return ScheduleSpec("ddim", 50, "leading")
+    """The loader family's library default (:func:`gnri.models.families.library_schedule_name`):
+    DDIM 50 (SD), Euler 4 trailing (SDXL, the SDXL-Turbo setting), flow Euler 4 (Flux). An adapter
+    of no known loader family counts as Flux when it is of the flow family, else as SDXL when its
+    class name starts with ``SDXL``, else as SD."""
+    loader = getattr(adapter, "loader_family", None)
+    if loader not in TABLE:
+        loader = "flux" if adapter.family == "flow" else "sdxl" if type(adapter).__name__.startswith("SDXL") else "sd"
+    return resolve_schedule(library_schedule_name(loader))

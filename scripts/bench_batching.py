@@ -3,7 +3,7 @@
     python scripts/bench_batching.py                       # B = 4, 8 images, a few inverters, both world models
     python scripts/bench_batching.py --batch 8 --images 16 --inverters ddim,gnri_official
 
-For each model x inverter it runs :func:`eval.harness.evaluate` at batch 1 and at batch B on the
+For each model x inverter it runs :func:`eval.tasks.reconstruct.evaluate` at batch 1 and at batch B on the
 same images (after one warm-up each) and prints the largest per-image PSNR difference and the
 per-image time ratio (batch B / batch 1). Run it on a quiet machine: nothing else may share the
 cores while it times (the run's ``machine`` column records the load).
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval.harness import evaluate  # noqa: E402
+from eval.tasks.reconstruct import evaluate  # noqa: E402
 from eval.metrics import build_metrics  # noqa: E402
 from eval.world_data import world_adapter, world_dataset  # noqa: E402
 from gnri.models.base import ScheduleSpec  # noqa: E402

@@ -46,7 +46,8 @@ from baselines import anderson as aidi  # noqa: E402
 from baselines import ddim, edict, fixed_point  # noqa: E402
 from eval.data import sample_dataset  # noqa: E402
 from eval.metrics.psnr import psnr  # noqa: E402
-from eval.timing import InRunNetwork, bare_network_times, time_with_network_clock  # noqa: E402
+from eval.timing import InRunNetwork, bare_network_times  # noqa: E402
+from eval.timed import invert_once, timed_inversion, warm_up  # noqa: E402
 from gnri.core import CountingDenoiser, Level, reconstruct, step_residuals  # noqa: E402
 from gnri.methods import anderson, gnri, gnri_2x, gnri_official, newton_krylov  # noqa: E402
 from gnri.models.base import ScheduleSpec  # noqa: E402
@@ -320,10 +321,9 @@ def run_method(
     """Invert (warm-up, then timed repeats); NFE of one inversion; median seconds; the network's
     seconds inside the timed inversions (the counting wrapper's in-run clock)."""
     den = CountingDenoiser(adapter.denoiser())
-    for _ in range(warmup):
-        fn(den, x0, grid, cond)
-    timed, network = time_with_network_clock(lambda: fn(den, x0, grid, cond), den.counter, x0.device, repeats)
-    return timed.value, den.counter.forward, den.counter.backward, timed.median_s, network
+    warm_up(lambda: invert_once(fn, den, x0, grid, cond, checked=False), warmup)
+    timed = timed_inversion(fn, den, x0, grid, cond, device=x0.device, repeats=repeats, checked=False)
+    return timed.result, timed.nfe_forward, timed.nfe_backward, timed.seconds, timed.in_run
 
 
 def bench(args: argparse.Namespace) -> None:

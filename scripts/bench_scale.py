@@ -69,12 +69,11 @@ from baselines import ddim, fixed_point  # noqa: E402
 from eval.timing import (  # noqa: E402
     InRunNetwork,
     NetworkTimes,
-    PeakMemory,
     bare_network_times,
     generation_peak_mb,
     time_call,
-    time_with_network_clock,
 )
+from eval.timed import invert_once, timed_inversion, warm_up  # noqa: E402
 from gnri.core import CountingDenoiser, sample  # noqa: E402
 from gnri.methods import anderson, gnri, gnri_official  # noqa: E402
 from gnri.models import load_adapter  # noqa: E402
@@ -230,21 +229,13 @@ def run_methods(name_filter: list[str] | None, den: CountingDenoiser, x0: torch.
     for name, fn in methods().items():
         if name_filter and name not in name_filter:
             continue
-        def invert_once(fn: Callable[..., Any] = fn) -> Any:
-            den.counter.reset()
-            with torch.no_grad():  # as the harness: a method that differentiates enables gradients itself
-                return fn(den, x0, grid, cond)
-
-        for _ in range(args.warmup):
-            invert_once()
-
-        with PeakMemory(device) as mem:
-            inv, in_run = time_with_network_clock(invert_once, den.counter, device, args.repeats)
-        fwd, bwd = den.counter.forward, den.counter.backward
+        warm_up(lambda: invert_once(fn, den, x0, grid, cond), args.warmup)
+        timed = timed_inversion(fn, den, x0, grid, cond, device=device, repeats=args.repeats, memory=True)
+        fwd, bwd, in_run = timed.nfe_forward, timed.nfe_backward, timed.in_run
         with torch.no_grad():
-            rec = time_call(lambda: sample(den, inv.value.z, grid, cond), device, args.repeats)
+            rec = time_call(lambda: sample(den, timed.result.z, grid, cond), device, args.repeats)
         n = args.images
-        rows.append(Row(name, inv.median_s / n, rec.median_s / n, fwd, bwd, mem.mb,
+        rows.append(Row(name, timed.seconds / n, rec.median_s / n, fwd, bwd, timed.peak_mb,
                         _network_seconds(network, fwd, bwd), compiled, generation_mib, in_run))
         r = rows[-1]
         print(f"  {name:16s} invert {r.invert_s:7.3f} s  reconstruct {r.reconstruct_s:7.3f} s  "

@@ -3,7 +3,7 @@
 Image files are checked through :func:`gnri.images.load_image` (what the harness calls: an
 ``OSError``/``ValueError`` from it is a ``skipped`` row), manifests through
 :func:`eval.data.folder_dataset` / :func:`eval.data.coco_dataset`, and the two together
-through :func:`eval.harness.evaluate` on the tiny SD model.
+through :func:`eval.tasks.reconstruct.evaluate` on the tiny SD model.
 """
 
 from __future__ import annotations
@@ -334,7 +334,7 @@ def test_long_caption_truncates_with_a_warning(tiny_sd_adapter, tiny_sdxl_adapte
 
 def test_every_bad_input_is_a_row_and_the_sweep_goes_on(tmp_path: Path, tiny_sd_adapter) -> None:
     from baselines.ddim import invert
-    from eval.harness import evaluate
+    from eval.tasks.reconstruct import evaluate
     from eval.metrics import build_metrics
     from gnri.models.base import ScheduleSpec
 

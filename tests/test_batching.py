@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from baselines import ddim
 from eval.data import Entry, sample_dataset
-from eval.harness import batch_separable, evaluate
+from eval.tasks.reconstruct import batch_separable, evaluate
 from eval.metrics import build_metrics
 from gnri.core import InversionResult
 from gnri.models.base import ScheduleSpec

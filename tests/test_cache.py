@@ -9,7 +9,7 @@ import torch
 
 from eval.cache import TensorCache, conditioning_from_tensors, conditioning_to_tensors
 from eval.data import sample_dataset
-from eval.harness import evaluate
+from eval.tasks.reconstruct import evaluate
 from eval.metrics import build_metrics
 from gnri.core import Conditioning
 from gnri.models.base import ScheduleSpec

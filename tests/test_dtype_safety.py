@@ -3,7 +3,7 @@
 Oracles: float16's largest value is 65504, so a VAE whose output layer is scaled to give values
 near 1e5 overflows to inf in float16 and stays finite in float32 (IEEE 754, independent of the
 code under test); NaN/inf counts of a hand-written tensor. Each model is a tiny random-weight
-pipeline built in code, forced to overflow, run end to end through ``eval.harness.evaluate``.
+pipeline built in code, forced to overflow, run end to end through ``eval.tasks.reconstruct.evaluate``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from baselines import ddim
 from eval.data import sample_dataset
 from eval.finite import NonFiniteError, check_finite, nonfinite_reason
-from eval.harness import evaluate
+from eval.tasks.reconstruct import evaluate
 from eval.metrics import build_metrics
 from gnri.models import load_adapter
 from gnri.models.common import vae_dtype
@@ -131,7 +131,7 @@ def test_the_fp16_fix_vae_option_replaces_the_vae_and_runs_in_fp16(tmp_path) -> 
 
 def test_non_finite_interpolated_images_are_failed_rows() -> None:
     """The interpolation task decodes its frames itself (no VAE round trip first): checked there."""
-    from eval.edit_harness import evaluate_interpolation
+    from eval.tasks.interpolate import evaluate_interpolation
 
     adapter = _overflowing_sd("float32", force_upcast=True, scale=1e38, bias=3e38)  # decoder overflows float32
     df = evaluate_interpolation(adapter, ScheduleSpec("ddim", 2), ddim.invert, "ddim", sample_dataset()[:2],

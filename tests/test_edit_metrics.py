@@ -20,7 +20,9 @@ from PIL import Image
 from baselines import ddim
 from eval.data import sample_dataset
 from eval.edit_data import EditEntry, decode_rle, fit_mask, piebench_dataset, strip_markers, world_edit_dataset
-from eval.edit_harness import EDIT_METRICS, EXACT_METRICS, EditSettings, evaluate_edits, evaluate_exact
+from eval.metrics.diagnostics import EDIT_METRIC_ORDER as EDIT_METRICS, EXACT_METRICS
+from eval.tasks.edit import EditSettings, evaluate_edits
+from eval.tasks.exact import evaluate_exact
 from eval.metrics.masked import MaskedLPIPS, MaskedSSIM, masked_mse, masked_psnr, region_image
 from eval.metrics.psnr import psnr
 from eval.metrics.ssim import SSIM

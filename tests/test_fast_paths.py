@@ -18,7 +18,7 @@ import torch
 
 from baselines import ddim
 from eval.data import sample_dataset
-from eval.harness import evaluate
+from eval.tasks.reconstruct import evaluate
 from eval.metrics import build_metrics
 from gnri.models import load_adapter
 from gnri.models.base import ScheduleSpec

@@ -29,7 +29,7 @@ import torch
 
 from baselines import ddim, ftedit, rf_inversion, uni_inv
 from eval.data import sample_dataset
-from eval.harness import evaluate
+from eval.tasks.reconstruct import evaluate
 from eval.metrics import build_metrics
 from eval.records import RESULTS_FILE, read_records
 from gnri.core import Conditioning, CountingDenoiser, Grid, Level, Prediction, Tensor, reconstruct, sample

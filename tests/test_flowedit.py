@@ -19,8 +19,9 @@ import torch
 
 from baselines import flowedit
 from eval.edit_data import world_edit_dataset
-from eval.edit_harness import EditSettings, evaluate_edits, evaluate_exact
-from eval.harness import evaluate
+from eval.tasks.edit import EditSettings, evaluate_edits
+from eval.tasks.exact import evaluate_exact
+from eval.tasks.reconstruct import evaluate
 from eval.data import sample_dataset
 from eval.metrics import build_metrics
 from eval.validate import task_refusal

@@ -139,7 +139,7 @@ def datasets(draw: st.DrawFn) -> tuple[tuple[str, bytes], list[bytes]]:
 @pytest.fixture(scope="module")
 def run_harness(tiny_sd_adapter):
     from baselines.ddim import invert
-    from eval.harness import evaluate
+    from eval.tasks.reconstruct import evaluate
     from eval.metrics import build_metrics
     from gnri.models.base import ScheduleSpec
 

@@ -223,7 +223,7 @@ def test_the_benchmark_loops_pass_true_cfg_to_the_model(tiny_flux_adapter) -> No
     """Reconstruction and editing both run FLUX's true CFG when the run sets it (two forwards per call)."""
     from baselines import ddim
     from eval.data import sample_dataset
-    from eval.harness import evaluate
+    from eval.tasks.reconstruct import evaluate
     from eval.metrics import build_metrics
     from gnri.core import CountingDenoiser
     from gnri.edit.edit import edit_conditioning

@@ -17,9 +17,12 @@ import pandas as pd
 import pytest
 import torch
 
+from gnri.models.base import AdapterDefaults
+
 from baselines import ddim
 from eval.data import Entry, sample_dataset
-from eval.harness import BrokenAdapter, evaluate
+from eval.task import BrokenAdapter
+from eval.tasks.reconstruct import evaluate
 from eval.metrics import build_metrics
 from eval.records import (
     COLUMNS, HARNESS_METRICS, PROVENANCE_FILE, RESULTS_FILE, RunInfo, append_rows, provenance, read_records,
@@ -45,7 +48,7 @@ def toy_ok(df: pd.DataFrame) -> bool:
 
 
 @dataclass
-class ToyAdapter:
+class ToyAdapter(AdapterDefaults):
     """Identity "VAE" (latent = 2x - 1), analytic denoiser, VP grid; ddim schedules only."""
 
     name: str = "toy"

@@ -11,7 +11,8 @@ import torch
 
 from baselines import ddim, edict, null_text
 from eval.data import sample_dataset
-from eval.edit_harness import INTERP_METRICS, evaluate_interpolation
+from eval.metrics.diagnostics import INTERP_METRICS
+from eval.tasks.interpolate import evaluate_interpolation
 from eval.report.edit_plots import interpolation_strip
 from gnri.core import reconstruct
 from gnri.edit import interpolate, interpolation_weights, slerp

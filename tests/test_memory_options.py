@@ -17,7 +17,7 @@ from diffusers import StableDiffusionPipeline
 
 from baselines import ddim
 from eval.data import sample_dataset
-from eval.harness import evaluate
+from eval.tasks.reconstruct import evaluate
 from eval.metrics import build_metrics
 from eval.timing import generation_peak_mb, memory_beyond_generation
 from gnri.core import sample

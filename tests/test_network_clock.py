@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from gnri.models.base import AdapterDefaults
+
 from eval.data import sample_dataset
-from eval.harness import evaluate
+from eval.tasks.reconstruct import evaluate
 from eval.metrics import build_metrics
 from eval.timing import in_run_network
 from gnri.core import Conditioning, CountingDenoiser, InversionResult, Level, Prediction, StepInfo, Tensor
@@ -163,7 +165,7 @@ def test_in_run_network_ratio_is_never_below_one() -> None:
 
 
 @dataclass
-class SleepyAdapter:
+class SleepyAdapter(AdapterDefaults):
     """Identity "VAE", the sleepy network, a VP grid: the harness end to end in well under a second."""
 
     name: str = "sleepy"

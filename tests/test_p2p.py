@@ -5,8 +5,6 @@ source branch is the reconstruction (also for null-text and EDICT states), proce
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -14,7 +12,7 @@ from baselines import ddim, edict, null_text
 from gnri.core import reconstruct
 from gnri.edit import edit_conditioning, make_controller, p2p_edit, prompt_swap
 from gnri.edit.p2p import P2PController, refinement_mapper, replacement_mapper, word_token_indices
-from gnri.models.base import ScheduleSpec
+from gnri.models.base import AdapterDefaults, ScheduleSpec
 from gnri.models.tiny import tiny_clip_tokenizer
 
 L = 77
@@ -145,6 +143,6 @@ def test_p2p_runs_on_per_step_and_own_sampler_states(tiny_sd_adapter, name: str)
 
 
 def test_p2p_needs_a_unet() -> None:
-    flux_like = SimpleNamespace(name="tiny_flux", pipe=SimpleNamespace(unet=None))
+    flux_like = type("FluxLike", (AdapterDefaults,), {"name": "tiny_flux", "network_kind": "flux"})()
     with pytest.raises(ValueError, match="UNet"):
         p2p_edit(flux_like, None, None, ["a"], ["b"])  # type: ignore[arg-type]

@@ -107,28 +107,34 @@ def test_differences_only_inside_the_edit_are_invisible() -> None:
     assert pie_ssim(edit, source, keep).item() == pytest.approx(1.0, abs=1e-6)
 
 
-def _metrics(convention: str):
-    from eval.edit_harness import _Metrics
-    from eval.metrics.lpips_metric import LPIPS
-    from eval.metrics.masked import MaskedLPIPS
+def _scored(names: str, convention: str, edit, source, entry, size, clip=None) -> dict:
+    """The edit task's values of the metrics whose names start with ``names`` (eval.metrics.edit)."""
+    from eval.edit_data import fit_mask
+    from eval.metrics.base import Sample
+    from eval.metrics.edit import build_edit_metrics
+    from eval.metrics.scoring import score
 
-    return _Metrics(LPIPS(), MaskedLPIPS(), None, convention=convention)
+    metrics = [m for m in build_edit_metrics(convention=convention, clip=clip) if m.name.startswith(names)]
+    return score(metrics, Sample(edit, source, entry.target_caption, region=fit_mask(entry.mask(), size)))
+
+
+def _bg(convention: str, edit, source, entry, size) -> dict:
+    return _scored("bg_", convention, edit, source, entry, size)
 
 
 def test_harness_background_piebench_convention_and_whole_image_mask() -> None:
-    from eval.edit_harness import _background
     from eval.records import Unavailable
 
     edit, source, keep = _pair()
     entry = EditEntry("e", None, "a", target_caption="b", mask=lambda: (~keep).numpy())
-    values = _background(_metrics("piebench"), edit, source, entry, (SIDE, SIDE))
+    values = _bg("piebench", edit, source, entry, (SIDE, SIDE))
     assert values["bg_mse"] == pytest.approx((10 / 255) ** 2 / 2, rel=1e-6)
     assert values["bg_psnr"] == pytest.approx(10 * math.log10(2 * 255**2 / 100), rel=1e-6)
-    region = _background(_metrics("region"), edit, source, entry, (SIDE, SIDE))
+    region = _bg("region", edit, source, entry, (SIDE, SIDE))
     assert region["bg_mse"] == pytest.approx((10.7 / 255) ** 2, rel=1e-6)
     whole = EditEntry("w", None, "a", target_caption="b", mask=lambda: np.ones((SIDE, SIDE), dtype=bool))
     for convention in ("piebench", "region"):
-        out = _background(_metrics(convention), edit, source, whole, (SIDE, SIDE))
+        out = _bg(convention, edit, source, whole, (SIDE, SIDE))
         assert all(isinstance(v, Unavailable) and "whole image" in v.reason for v in out.values())
 
 
@@ -290,7 +296,7 @@ def test_edit_loop_piebench_convention_with_local_dino(tiny_sd_adapter, tmp_path
 
     from baselines import ddim
     from eval.edit_data import world_edit_dataset
-    from eval.edit_harness import EditSettings, evaluate_edits
+    from eval.tasks.edit import EditSettings, evaluate_edits
     from gnri.models.base import ScheduleSpec
 
     dino = tmp_path / "dino"
@@ -336,7 +342,6 @@ def _pie_arrays(images: torch.Tensor, keep: np.ndarray) -> np.ndarray:
 
 
 def test_pie_bg_psnr_and_mse_by_numpy_on_8bit_arrays() -> None:
-    from eval.edit_harness import _background
 
     source, edit = _textured(0), _textured(1)
     region = _edited_region()
@@ -347,11 +352,11 @@ def test_pie_bg_psnr_and_mse_by_numpy_on_8bit_arrays() -> None:
     assert pie_mse(edit, source, torch.from_numpy(keep)).item() == pytest.approx(mse, rel=1e-6)
     assert pie_psnr(edit, source, torch.from_numpy(keep)).item() == pytest.approx(psnr, rel=1e-6)
     entry = EditEntry("e", None, "a", target_caption="b", mask=lambda: region)
-    values = _background(_metrics("piebench"), edit, source, entry, (32, 32))
+    values = _bg("piebench", edit, source, entry, (32, 32))
     assert values["bg_mse"] == pytest.approx(mse, rel=1e-6) and values["bg_psnr"] == pytest.approx(psnr, rel=1e-6)
     # the region convention: the kept pixels' mean, not quantised, by numpy too
     diff = (edit - source).permute(0, 2, 3, 1).numpy().astype(np.float64)[0][keep]
-    region_values = _background(_metrics("region"), edit, source, entry, (32, 32))
+    region_values = _bg("region", edit, source, entry, (32, 32))
     assert region_values["bg_mse"] == pytest.approx(float(np.mean(diff**2)), rel=1e-5)
 
 
@@ -418,10 +423,7 @@ def test_clip_edited_and_whole_by_hand(tmp_path, monkeypatch, convention: str) -
     outside the edited region set to 0 (``piebench``: the edit made 8-bit first) and the target
     caption's; ``clip_whole`` the same without the mask. Cosines by hand from the towers
     (tests/test_metrics_eval.py's tiny CLIPModel, 32 px: no resize), masks and 8 bits in numpy."""
-    from eval.edit_harness import _clip, _Metrics
     from eval.metrics.clip_score import CLIPScore
-    from eval.metrics.lpips_metric import LPIPS
-    from eval.metrics.masked import MaskedLPIPS
     from test_metrics_eval import hand_clip_score, tiny_clip_folder
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -438,9 +440,8 @@ def test_clip_edited_and_whole_by_hand(tmp_path, monkeypatch, convention: str) -
         folder = tiny_clip_folder(tmp_path / f"clip{int(flip)}", flip_text=flip)
         want_edited = 100 * hand_clip_score(folder, masked, ["a red car"]).clamp(min=0)
         want_whole = 100 * hand_clip_score(folder, image, ["a red car"]).clamp(min=0)
-        metrics = _Metrics(LPIPS(), MaskedLPIPS(), CLIPScore(backend="transformers", weights=str(folder)),
-                           convention=convention)
-        out = _clip(metrics, edit, entry, (32, 32))
+        clip = CLIPScore(backend="transformers", weights=str(folder))
+        out = _scored("clip_", convention, edit, edit, entry, (32, 32), clip=clip)
         assert float(out["clip_edited"]) == pytest.approx(float(want_edited), abs=1e-3)
         assert float(out["clip_whole"]) == pytest.approx(float(want_whole), abs=1e-3)
         checked += int(float(want_edited) > 0)

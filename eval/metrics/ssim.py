@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from eval.metrics.base import Tensor
+from eval.metrics.base import PairScore, Tensor
 
 DATA_RANGE = 1.0
 
 
 @dataclass
-class SSIM:
+class SSIM(PairScore):
     """Structural similarity of ``pred`` to ``target``, one value per image, higher is better."""
 
     sigma: float = 1.5

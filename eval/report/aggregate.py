@@ -5,7 +5,7 @@ and concatenated (each row keeps its ``run_id``; ``run_dir`` is added). A folder
 job run again into the same folder resumes it: its rows are keyed by unit (``unit_key``) and
 each unit is counted once, whichever run computed it. Files written before unit keys existed keep
 only their newest run (with a warning), so that no image is counted twice. Means and 95% confidence
-intervals are over images, per model x setting x method (:mod:`eval.report.tables`).
+intervals are over images, per model x setting x method (:mod:`eval.report.summary_stats`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from eval.report.edit_plots import edit_tradeoff, run_edit_grid
 from eval.report.leaderboard import GAP, write_leaderboard
 from eval.report.pairing import paired_verdicts, resolve_reference
 from eval.report.plots import convergence, convergence_from_records, quality_vs_time, run_image_grid
-from eval.report.tables import TIME_TOTAL, add_total_time, label_methods, mean_ci, write_tables
+from eval.report.summary_stats import TIME_TOTAL, add_total_time, label_methods, mean_ci
+from eval.report.tables import write_tables
 
 COMBINED_FILE = "results_all.csv"
 VERDICTS_FILE = "paired_verdicts.csv"

@@ -5,7 +5,7 @@
   image, left), one point per method with 95% CI bars (circles: prompt swap, squares: P2P; bars
   clipped to the metric's range and left out for n < 3, :func:`eval.report.plots.error_extent`), one
   panel per model x setting. Methods are the tidy table's ``<inverter>+<editor>`` labels
-  (:func:`eval.report.tables.label_methods`).
+  (:func:`eval.report.summary_stats.label_methods`).
   Any two metrics can be plotted (e.g. ``bg_psnr`` when CLIP weights are unavailable).
 - :func:`save_edit_images` keeps one pair's source, reconstruction and edit in a run folder
   (``images/source``, ``images/reconstruction``, ``images/edit``); :func:`edit_grid` draws the
@@ -40,7 +40,7 @@ from eval.report.plots import (
     image_grid,
     run_image_grid,
 )
-from eval.report.tables import summarize
+from eval.report.summary_stats import summarize
 
 EDIT_DIR = "edit"
 EDITOR_MARKERS = {"prompt_swap": "o", "p2p": "s"}  # marker per editor (the method label's "+<editor>")

@@ -16,6 +16,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from eval.report.summary_stats import FAILURE_RATE
+
 KEPT = "kept_latents"
 EXACT = "exact_by_construction"
 EXACT_MARK = "‡"
@@ -23,6 +25,8 @@ EXACT_NOTE = f"{EXACT_MARK} exact by construction (keeps more than one latent): 
 KEPT_HEADER = "kept (latents)"
 EXACT_THRESHOLD = 0.5  # exact_by_construction is 1.0 or 0.0 per image; a mean at or above this marks the method
 GROUP = ("model", "setting", "method")
+# Reconstruction-quality columns on which an exact-by-construction method is marked, never bold.
+EXACT_UNRANKED = ("psnr", "psnr_gap_to_vae", FAILURE_RATE, "ssim", "lpips", "lpips_vgg", "clip_score", "recon_psnr")
 # Fallback for rows without the metrics, shipped inverters only: (fixed tensors, + per step?, exact by construction).
 # edict: the latent pair; edit_friendly: z_T plus one noise map per step; null_text: z_T plus one optimised
 # unconditional embedding per step, counted one each here (the measured metric counts their size in latents);
@@ -51,7 +55,7 @@ def _known(inverter: str, steps: float) -> tuple[float, float]:
 
 
 def fair_columns(labelled: pd.DataFrame) -> pd.DataFrame:
-    """Per model x setting x method of labelled rows (:func:`eval.report.tables.label_methods`):
+    """Per model x setting x method of labelled rows (:func:`eval.report.summary_stats.label_methods`):
     ``kept`` (mean kept latents, NaN if unknown), ``exact`` (bool) and ``source`` (``measured``,
     ``known`` or ``n/a``)."""
     cols = [*GROUP, "kept", "exact", "source"]

@@ -22,9 +22,10 @@ import pandas as pd
 
 from eval.report.fair import EXACT_MARK, EXACT_NOTE, KEPT_HEADER, fair_columns, kept_cell
 from eval.report.load import LOAD_MARK, UNDER_LOAD_NOTE
+from eval.report.markdown import markdown_table
 from eval.report.paired import BETTER, VERDICT_RULE
 from eval.report.pairing import REGIME, loaded_methods, paired_verdicts, pairwise_verdicts, per_image_values
-from eval.report.tables import label_methods, markdown_table
+from eval.report.summary_stats import label_methods
 
 GAP = "psnr_gap_to_vae"
 NFE_PARTS = ("nfe_forward", "nfe_backward")

@@ -1,6 +1,6 @@
 """Paired comparisons from the tidy results table: every method against a reference, or every pair.
 
-A *regime* is a model x setting (:func:`eval.report.tables.label_methods`: the schedule plus
+A *regime* is a model x setting (:func:`eval.report.summary_stats.label_methods`: the schedule plus
 whatever differs, guidance included). Within it, a method's value on an image is paired with
 another's on the same image (pair key: image, caption, guidance), using ok, finite rows only (a
 failed image has no pair: the failure rate column counts it). A method is its label (inverter
@@ -24,7 +24,7 @@ import pandas as pd
 from eval.records import TIMING_METRICS
 from eval.report.load import under_load
 from eval.report.paired import BETTER, LOADED, WORSE, PairedResult, holm, paired_test, verdict
-from eval.report.tables import add_failure_rate, add_total_time, label_methods
+from eval.report.summary_stats import add_failure_rate, add_total_time, label_methods
 
 REGIME = ("model", "setting")
 PAIR_KEYS = ("image", "caption", "guidance_scale", "true_cfg_scale")

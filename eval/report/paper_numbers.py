@@ -26,6 +26,9 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from eval.report.markdown import markdown_table
+from eval.report.summary_stats import MIN_N_FOR_INTERVAL, VAE_ROW, label_methods, parse_params, summarize, vae_ceiling
+
 NUMBERS_FILE = Path(__file__).resolve().parents[2] / "results" / "paper_numbers.csv"
 COLUMNS = ("source_id", "preset", "model", "method", "params", "metric", "value", "reading_error", "scale",
            "dataset", "source", "tag", "notes")
@@ -110,8 +113,6 @@ def _matches(row: pd.Series, preset: str, metric: str, method: str, params: dict
 
 def _group_info(labelled: pd.DataFrame) -> dict[tuple[str, str, str], tuple[str | None, dict[str, Any]]]:
     """(model, setting, method) -> (paper preset, inverter hyperparameters) from the group's first row."""
-    from eval.report.tables import parse_params
-
     info = {}
     cols = [c for c in ("config", "inverter_params") if c in labelled.columns]
     for key, block in labelled.groupby(["model", "setting", "method"], sort=False):
@@ -127,8 +128,6 @@ def paper_comparison(records: pd.DataFrame, numbers: pd.DataFrame | None = None,
     """One row per (report group, metric, matching paper row): ours (mean, ci95, n), the paper's
     value and error in our units, and the difference. ``preset`` overrides the runs' own
     ``paper_preset``; a group with neither is not compared. Empty when nothing matches."""
-    from eval.report.tables import VAE_ROW, _vae_ceiling, label_methods, summarize
-
     if records.empty:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
     labelled = label_methods(records)
@@ -136,7 +135,7 @@ def paper_comparison(records: pd.DataFrame, numbers: pd.DataFrame | None = None,
     if preset is None and not any(p for p, _ in info.values()):
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
     numbers = load_paper_numbers() if numbers is None else numbers
-    summary = pd.concat([summarize(records), _vae_ceiling(labelled)], ignore_index=True)
+    summary = pd.concat([summarize(records), vae_ceiling(labelled)], ignore_index=True)
     out = []
     for s in summary.itertuples(index=False):
         key = (s.model, s.setting, s.method)
@@ -168,8 +167,6 @@ def comparison_markdown(comparison: pd.DataFrame) -> str:
     """Markdown section: per model x setting, ours, the paper's value +- its error, the difference."""
     if comparison.empty:
         return ""
-    from eval.report.tables import MIN_N_FOR_INTERVAL
-
     parts = ["## The paper's numbers beside ours\n"]
     for (model, setting, preset), block in comparison.groupby(["model", "setting", "preset"], sort=False):
         body = []
@@ -179,8 +176,6 @@ def comparison_markdown(comparison: pd.DataFrame) -> str:
             paper = f"{_fmt(r.paper, [r.ours])} ± {_fmt(r.paper_error, [r.paper, r.ours])}"
             body.append([r.method, r.metric, ours, str(r.n), paper, _fmt(r.difference, [r.paper, r.ours]),
                          f"{r.paper_model} · {r.source_id} ({r.tag})"])
-        from eval.report.tables import markdown_table
-
         header = ["method", "metric", "ours", "n", "paper", "difference", "paper model · source"]
         parts += [f"### {model} · {setting} · preset `{preset}`\n", markdown_table(header, body), ""]
     parts.append("`paper`: the source's value in this report's units (its printed value / its scale, "

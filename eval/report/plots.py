@@ -4,7 +4,7 @@
   per model x setting, 95% CI bars both ways, the VAE ceiling dashed (paper Fig. 4).
 
 Every bar and band is the 95% interval clipped to what the metric can be
-(:func:`eval.report.tables.clipped_interval`: no negative times, no PSNR above the VAE ceiling from
+(:func:`eval.report.summary_stats.clipped_interval`: no negative times, no PSNR above the VAE ceiling from
 the interval alone) and is left out when fewer than 3 images have a value.
 - :func:`convergence`: PSNR and residual against iterations (paper Fig. 3) from a small tidy
   frame with :data:`CONVERGENCE_COLUMNS`; :func:`convergence_from_records` builds that frame
@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from eval.report.tables import TIME_TOTAL, clipped_interval, label_methods, mean_ci, parse_params, summarize
+from eval.report.summary_stats import TIME_TOTAL, clipped_interval, label_methods, mean_ci, parse_params, summarize
 
 # Convergence frame: one row per method x iteration x metric (x image, optional).
 CONVERGENCE_COLUMNS = ("method", "iteration", "metric", "value")

@@ -12,11 +12,12 @@ import math
 
 import pandas as pd
 
-from eval.report.fair import EXACT_MARK, EXACT_NOTE, fair_columns
+from eval.report.fair import EXACT_MARK, EXACT_NOTE, EXACT_UNRANKED, fair_columns
 from eval.report.load import LOAD_MARK, UNDER_LOAD_NOTE
+from eval.report.markdown import markdown_table
 from eval.report.paired import BETTER, NO_DIFFERENCE, VERDICT_RULE, WORSE
 from eval.report.pairing import is_timing, paired_verdicts
-from eval.report.tables import EXACT_UNRANKED, FAILURE_RATE, TIME_TOTAL, label_methods, markdown_table
+from eval.report.summary_stats import FAILURE_RATE, TIME_TOTAL, label_methods
 
 # (metric, header) in column order; absent metrics are dropped. psnr_gap_to_vae is psnr's mirror
 # (the same ceiling per image): its verdict is psnr's, so it is not repeated here.

@@ -3,8 +3,9 @@
 - :mod:`gnri.edit.edit`: plain prompt-swap editing after any inverter (GNRI's public editing)
   and the combination of inverted states (pair batches, blends);
 - :mod:`gnri.edit.p2p`: Prompt-to-Prompt attention control (word swap, refinement) sampled as a
-  source/target pair batch through the core's loop; :mod:`gnri.edit.p2p_processor` is its
-  diffusers-side attention processor;
+  source/target pair batch through the core's loop, on the adapter's attention hooks
+  (:mod:`gnri.models.processors`);
+- :mod:`gnri.edit.v_injection`: RF-Edit's / FireFlow's value injection in FLUX's single-stream blocks;
 - :mod:`gnri.edit.interpolate`: spherical interpolation between two inversions, regenerated.
 """
 

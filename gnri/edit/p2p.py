@@ -2,10 +2,11 @@
 
 The source and target prompts are sampled as one stacked batch ``[source_1..B; target_1..B]``
 from the same inverted state, through the core's own loop (:func:`gnri.core.reconstruct`: the
-shared sampler, null-text's per-step conditioning, EDICT's coupled sampler). The UNet's
-attention processors (:mod:`gnri.edit.p2p_processor`, the only diffusers-side code) hand every
-attention probability map to the :class:`P2PController`, which rewrites the target half of the
-conditional branch from the source half, as the public code's ``AttentionControlEdit``:
+shared sampler, null-text's per-step conditioning, EDICT's coupled sampler). The adapter's
+attention hooks (:meth:`~gnri.models.base.ModelAdapter.attention_processors` with its
+:meth:`~gnri.models.base.ModelAdapter.probability_processor`, :mod:`gnri.models.processors`) hand
+every attention probability map of the UNet to the :class:`P2PController`, which rewrites the
+target half of the conditional branch from the source half, as the public code's ``AttentionControlEdit``:
 
 - cross-attention, while ``cross_replace_steps`` is active: word swap (``replace``,
   ``AttentionReplace``) maps the source maps through a token-to-token matrix
@@ -36,13 +37,14 @@ Differences from the public code, named:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence
+from typing import Literal, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, Level, Prediction, Tensor, reconstruct
 from gnri.edit.edit import stack_pair
+from gnri.models.base import ModelAdapter
 
 Mode = Literal["auto", "replace", "refine"]
 MODES = ("auto", "replace", "refine")
@@ -312,7 +314,7 @@ class P2PDenoiser:
 
 def p2p_sample(
     denoiser: Denoiser,
-    unet: Any,
+    adapter: ModelAdapter,
     result: InversionResult,
     grid: Grid,
     source_cond: Conditioning,
@@ -321,21 +323,19 @@ def p2p_sample(
 ) -> tuple[Tensor, Tensor]:
     """Sample the stacked pair under attention control: (source latents, target latents) at ``levels[0]``.
 
-    ``unet`` is the network whose attention processors are swapped for the duration
-    (restored afterwards). The source half regenerates the source, so with the inversion's
-    conditioning it equals the plain reconstruction up to batch round-off.
+    Every attention layer of ``adapter``'s UNet runs its probability processor for the duration
+    (the previous processors restored afterwards). The source half regenerates the source, so with
+    the inversion's conditioning it equals the plain reconstruction up to batch round-off.
     """
-    from gnri.edit.p2p_processor import attention_control
-
     pair_result, pair_cond = stack_pair(result, source_cond, target_cond)
-    with attention_control(unet, controller):
+    with adapter.attention_processors(lambda name, _: adapter.probability_processor(controller, name)):
         out = reconstruct(P2PDenoiser(denoiser, controller, grid), pair_result, grid, pair_cond)
     batch = result.z.shape[0]
     return out[:batch], out[batch:]
 
 
 def p2p_edit(
-    adapter: Any,
+    adapter: ModelAdapter,
     result: InversionResult,
     grid: Grid,
     source_prompts: Sequence[str],
@@ -349,20 +349,19 @@ def p2p_edit(
     self_max_tokens: int = SELF_MAX_TOKENS,
     denoiser: Denoiser | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Prompt-to-Prompt editing for a UNet model adapter (``adapter.pipe.unet``/``.tokenizer``).
+    """Prompt-to-Prompt editing for a UNet model adapter (its attention hooks and prompt tokenizer).
 
     Both branches use ``guidance_scale`` with ``negative_prompt`` (null-text's and NPI's per-step
     negatives replace it where the result carries them). ``denoiser`` defaults to the adapter's
     (pass a counting wrapper to count passes). Returns (source, target) latents at ``levels[0]``.
     """
-    pipe = getattr(adapter, "pipe", None)
-    if pipe is None or getattr(pipe, "unet", None) is None:
-        raise ValueError(f"p2p: needs a UNet model (adapter.pipe.unet); {getattr(adapter, 'name', adapter)!r} has none")
+    if adapter.network_kind != "unet":
+        raise ValueError(f"p2p: needs a UNet model; {adapter.name!r} has none (its network: {adapter.network_kind})")
     controller = make_controller(
-        pipe.tokenizer, source_prompts, target_prompts, grid.num_steps, mode=mode,
+        adapter.prompt_tokenizer(), source_prompts, target_prompts, grid.num_steps, mode=mode,
         cross_replace_steps=cross_replace_steps, self_replace_steps=self_replace_steps, self_max_tokens=self_max_tokens,
     )
     negatives = [negative_prompt] * len(source_prompts)
     source_cond = adapter.encode_prompts(list(source_prompts), guidance_scale, negatives)
     target_cond = adapter.encode_prompts(list(target_prompts), guidance_scale, negatives)
-    return p2p_sample(denoiser or adapter.denoiser(), pipe.unet, result, grid, source_cond, target_cond, controller)
+    return p2p_sample(denoiser or adapter.denoiser(), adapter, result, grid, source_cond, target_cond, controller)

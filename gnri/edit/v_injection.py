@@ -34,9 +34,11 @@ Differences from the public codes (the first is the one that matters):
   here every call of both passes is paired, so nothing is skipped.
 - The codes keep V on the CPU between passes; here it stays on the latents' device.
 
-Adapter-side code: this module and :mod:`gnri.edit.p2p_processor` are the parts of
-:mod:`gnri.edit` that touch diffusers objects. Processors are installed with
-``set_attn_processor`` and the previous ones restored on exit; nothing is monkey-patched.
+The model side is the adapter's (:class:`gnri.models.base.ModelAdapter`): it names its attention
+layers (:meth:`attention_layers`), makes the single-stream processor whose values a hook can replace
+(:meth:`value_processor`, :mod:`gnri.models.flux_attention`) and installs processors for a block,
+restoring the previous ones on exit (:meth:`attention_processors`). This module keeps the editor's
+bookkeeping (:class:`InjectionState`) and touches no diffusers object.
 """
 
 from __future__ import annotations
@@ -44,13 +46,10 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Sequence
-
-import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.embeddings import apply_rotary_emb
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from gnri.core import Conditioning, Denoiser, Grid, InversionResult, Level, Prediction, Tensor, reconstruct
+from gnri.models.base import ModelAdapter
 
 SINGLE_PREFIX = "single_transformer_blocks."  # FluxTransformer2DModel's single-stream blocks
 OFFICIAL_FIRST_BLOCK = 20  # RF-Solver's ``id > 19`` / FireFlow's --start_layer_index default
@@ -89,6 +88,20 @@ class InjectionState:
     def now(self) -> str:
         return self.mode if self.active else "off"
 
+    def value_hook(self, name: str, own_value: Callable[[], Tensor]) -> Tensor | None:
+        """The hook of layer ``name``'s processor: None runs the layer as it is (outside the window,
+        or while recording: then ``own_value()`` is stored first); else the recorded value to use."""
+        mode = self.now()
+        if mode == "off":
+            return None
+        key = self.key(name)
+        if mode == "record":
+            self.values[key] = own_value()
+            return None
+        if key not in self.values:
+            raise RuntimeError(f"v_inject: no source value for call {key[0]} of {name}; the passes differ")
+        return self.values[key]
+
 
 @dataclass
 class WindowDenoiser:
@@ -110,81 +123,20 @@ class WindowDenoiser:
             self.state.next_call()
 
 
-def _heads(attn: Any, x: Tensor) -> Tensor:
-    return x.unflatten(-1, (-1, attn.head_dim))
-
-
-def _qkv(attn: Any, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Query, key, value of a single-stream attention layer (fused or not), split into heads."""
-    if getattr(attn, "fused_projections", False):
-        q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-    else:
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-    return _heads(attn, q), _heads(attn, k), _heads(attn, v)
-
-
-class ValueInjectionProcessor:
-    """diffusers' ``FluxAttnProcessor`` on a single-stream block, with the value recorded or replaced.
-
-    Outside the window (and outside an edit) it calls the processor it replaced unchanged;
-    recording computes V once more and then calls it too; injecting runs the same single-stream
-    computation as ``FluxAttnProcessor`` (same projections, norms, rotary embedding and
-    ``dispatch_attention_fn``) with the recorded V.
-    """
-
-    def __init__(self, original: Any, state: InjectionState, name: str) -> None:
-        self.original = original
-        self.state = state
-        self.name = name
-
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: Tensor,
-        encoder_hidden_states: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        image_rotary_emb: Any = None,
-    ) -> Tensor:
-        mode = self.state.now()
-        if mode == "off":
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        if encoder_hidden_states is not None or getattr(attn, "added_kv_proj_dim", None) is not None:
-            raise ValueError(f"v_inject: {self.name} is not a single-stream attention layer")
-        key = self.state.key(self.name)
-        if mode == "record":
-            self.state.values[key] = _qkv(attn, hidden_states)[2]
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        if key not in self.state.values:
-            raise RuntimeError(f"v_inject: no source value for call {key[0]} of {self.name}; the passes differ")
-        query, key_, _ = _qkv(attn, hidden_states)
-        value = self.state.values[key]
-        query, key_ = attn.norm_q(query), attn.norm_k(key_)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key_ = apply_rotary_emb(key_, image_rotary_emb, sequence_dim=1)
-        out = dispatch_attention_fn(
-            query, key_, value, attn_mask=attention_mask,
-            backend=getattr(self.original, "_attention_backend", None),
-            parallel_config=getattr(self.original, "_parallel_config", None),
-        )
-        return out.flatten(2, 3).to(query.dtype)
-
-
-def flux_transformer(adapter: Any) -> Any:
-    """The FluxTransformer2DModel behind an adapter (``adapter.pipe.transformer``), or ValueError."""
-    transformer = getattr(getattr(adapter, "pipe", None), "transformer", None)
-    names = [] if transformer is None else [n for n in transformer.attn_processors if n.startswith(SINGLE_PREFIX)]
+def single_stream_layers(adapter: ModelAdapter) -> list[str]:
+    """The adapter's single-stream attention layers (a Flux transformer's), or ValueError."""
+    names = adapter.attention_layers(SINGLE_PREFIX)
     if not names:
         raise ValueError(
-            f"v_inject: needs a Flux transformer with single-stream blocks; model "
-            f"{getattr(adapter, 'name', type(adapter).__name__)!r} has none"
+            f"v_inject: needs a Flux transformer with single-stream blocks; model {adapter.name!r} has none"
         )
-    return transformer
+    return names
 
 
-def single_block_names(transformer: Any, blocks: Blocks = "auto") -> list[str]:
-    """Processor names of the chosen single-stream blocks (see the module docstring for ``blocks``)."""
-    names = sorted((n for n in transformer.attn_processors if n.startswith(SINGLE_PREFIX)),
+def single_block_names(layers: Iterable[str], blocks: Blocks = "auto") -> list[str]:
+    """Processor names of the chosen single-stream blocks among attention layer names ``layers``
+    (see the module docstring for ``blocks``)."""
+    names = sorted((n for n in layers if n.startswith(SINGLE_PREFIX)),
                    key=lambda n: int(n[len(SINGLE_PREFIX):].split(".", 1)[0]))
     count = len(names)
     if isinstance(blocks, str):
@@ -199,19 +151,20 @@ def single_block_names(transformer: Any, blocks: Blocks = "auto") -> list[str]:
 
 
 @contextlib.contextmanager
-def value_injection(transformer: Any, names: Sequence[str], state: InjectionState) -> Iterator[None]:
-    """Install :class:`ValueInjectionProcessor` on the named layers; restore every processor on exit."""
-    saved = transformer.attn_processors
-    mine = {name: ValueInjectionProcessor(saved[name], state, name) for name in names}
-    transformer.set_attn_processor({name: mine.get(name, proc) for name, proc in saved.items()})
-    try:
+def value_injection(adapter: ModelAdapter, names: Sequence[str], state: InjectionState) -> Iterator[None]:
+    """The named layers run the adapter's value processor hooked to ``state``; every processor is
+    restored on exit."""
+    chosen = set(names)
+
+    def make(name: str, processor: Any) -> Any:
+        return adapter.value_processor(processor, state.value_hook, name) if name in chosen else processor
+
+    with adapter.attention_processors(make):
         yield
-    finally:
-        transformer.set_attn_processor(dict(saved))
 
 
 def injected_edit(
-    adapter: Any,
+    adapter: ModelAdapter,
     result: InversionResult,
     grid: Grid,
     source_cond: Conditioning,
@@ -227,16 +180,16 @@ def injected_edit(
     ``denoiser`` (default ``adapter.denoiser()``) makes every call, e.g. a counting wrapper: the
     edit costs two sampling passes when ``inject > 0``, one when ``inject == 0``.
     """
-    transformer = flux_transformer(adapter)
+    layers = single_stream_layers(adapter)
     if not isinstance(inject, int) or isinstance(inject, bool) or not 0 <= inject <= grid.num_steps:
         raise ValueError(f"v_inject: inject must be an integer in [0, {grid.num_steps}] (the schedule's steps), "
                          f"got {inject!r}")
     if (source_cond.negative is None) != (target_cond.negative is None):
         raise ValueError("v_inject: source and target conditionings must both use guidance or both not")
-    names = single_block_names(transformer, blocks)
+    names = single_block_names(layers, blocks)
     state = InjectionState(threshold_s=grid.levels[grid.num_steps - inject].s)
     window = WindowDenoiser(denoiser if denoiser is not None else adapter.denoiser(), state)
-    with value_injection(transformer, names, state):
+    with value_injection(adapter, names, state):
         if inject > 0:
             state.start("record")
             reconstruct(window, result, grid, source_cond)
@@ -244,3 +197,11 @@ def injected_edit(
         edited = reconstruct(window, result, grid, target_cond)
     state.values.clear()
     return edited
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ValueInjectionProcessor":  # the processor class, on the model side (imports diffusers)
+        from gnri.models.flux_attention import ValueHookProcessor
+
+        return ValueHookProcessor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -163,6 +163,44 @@ def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(mask.view(-1, *([1] * (new.ndim - 1))), new, old)
 
 
+def _per_sample(values: list[float], like: Tensor) -> Tensor:
+    """One scalar per image as a tensor that broadcasts over ``like`` (B, ...), in its dtype and device."""
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.ndim - 1)))
+
+
+def first_relaxation(m: float, evals: Tensor, first: str, omega_max: float, like: Tensor) -> Tensor:
+    """Each image's ``omega`` of the first update ``z^1 = z^0 + omega r^0`` (see the module docstring):
+    ``chebyshev``: the smaller degree-2 node, or the degree-1 node for an image with a single call;
+    ``sigma``: ``1 / m`` clipped at ``omega_max``; ``fixed_point``: 1."""
+    if first == "chebyshev":
+        choices = [chebyshev_nodes(m, 2)[0] if int(k) >= 2 else chebyshev_nodes(m, 1)[0] for k in evals]
+    else:
+        choices = [(min(1.0 / m, omega_max) if m > 0 else omega_max) if first == "sigma" else 1.0] * len(evals)
+    return _per_sample(choices, like)
+
+
+def next_iterate(
+    i: int, z: Tensor, fs: list[Tensor], rs: list[Tensor], *, omega: Tensor, second: str,
+    nodes: list[tuple[float, ...]], regularization: float,
+) -> Tensor:
+    """The iterate after evaluation ``i`` (0-based) of ``f`` at ``z``: the relaxed step ``z + omega r^0``
+    first, then Anderson mixing over the whole history ``fs``/``rs`` (``second='anderson'``) or each
+    image's ``i``-th fixed Chebyshev node (0 past its own degree)."""
+    if i == 0:
+        return z + omega * rs[0]
+    if second == "anderson":
+        gamma = mixing_coefficients([b - a for a, b in zip(rs, rs[1:])], rs[-1], regularization)
+        return fs[-1] - combine([b - a for a, b in zip(fs, fs[1:])], gamma)
+    return z + _per_sample([w[i] if i < len(w) else 0.0 for w in nodes], z) * rs[-1]
+
+
+def _keep(active: Tensor, pred: Prediction, kept: Prediction | None) -> Prediction:
+    """``pred`` for the images still ``active`` (B,), ``kept`` for those that stopped."""
+    if kept is None:
+        return pred
+    return Prediction(_where(active, pred.x0, kept.x0), _where(active, pred.eps, kept.eps))
+
+
 def solve_step(
     problem: StepProblem, *, evals: Tensor, first: str, second: str, omega_max: float, regularization: float,
     warm: Prediction | None, min_evals: Tensor | None = None, stop_ratio: float = 0.0,
@@ -177,12 +215,7 @@ def solve_step(
     """
     m = spectrum_floor(problem)
     calls = int(evals.max())
-    shape = (-1, *([1] * (problem.x.ndim - 1)))
-    if first == "chebyshev":  # the smaller degree-2 node, or the degree-1 node for a single call
-        choices = [chebyshev_nodes(m, 2)[0] if int(k) >= 2 else chebyshev_nodes(m, 1)[0] for k in evals]
-    else:
-        choices = [(min(1.0 / m, omega_max) if m > 0 else omega_max) if first == "sigma" else 1.0] * len(evals)
-    omega = torch.tensor(choices, dtype=problem.x.dtype, device=problem.x.device).view(shape)
+    omega = first_relaxation(m, evals, first, omega_max, problem.x)
     nodes = [chebyshev_nodes(m, int(k)) for k in evals] if second == "chebyshev" else []  # each image's degree
     evals, floor = evals.to(problem.x.device), (evals if min_evals is None else min_evals).to(problem.x.device)
     may_stop = stop_ratio > 0 and bool((floor < evals).any())  # only then a host sync per call
@@ -202,16 +235,8 @@ def solve_step(
             zs.append(z)
             fs.append(f)
             rs.append(f - z)
-            if i == 0:
-                z = z + omega * rs[0]
-            elif second == "anderson":
-                gamma = mixing_coefficients([b - a for a, b in zip(rs, rs[1:])], rs[-1], regularization)
-                z = f - combine([b - a for a, b in zip(fs, fs[1:])], gamma)
-            else:
-                node = [w[i] if i < len(w) else 0.0 for w in nodes]
-                z = z + torch.tensor(node, dtype=z.dtype, device=z.device).view(shape) * rs[-1]
-            out = _where(active, z, out)
-            kept = pred if kept is None else Prediction(_where(active, pred.x0, kept.x0), _where(active, pred.eps, kept.eps))
+            z = next_iterate(i, z, fs, rs, omega=omega, second=second, nodes=nodes, regularization=regularization)
+            out, kept = _where(active, z, out), _keep(active, pred, kept)
             rms = per_sample_rms(rs[-1])
             res_series.append(torch.where(active, rms, torch.nan))
             step_series.append(torch.where(active, per_sample_rms(z - zs[-1]), torch.nan))

@@ -3,7 +3,9 @@
 ``load_adapter(family, pretrained, **options)`` is the one constructor the configs use:
 ``family`` is ``sd`` (SD 1.x/2.x), ``sdxl`` (SDXL, SDXL-Turbo) or ``flux``; ``pretrained`` a
 hub name, a local diffusers folder or an existing pipeline object. Adapter classes are
-imported lazily so that ``import gnri.models`` stays cheap.
+imported lazily so that ``import gnri.models`` stays cheap. What each family is (adapter class,
+pipeline classes, maths family vp/flow, GPU dtype, default schedules, tiny builder) is one table,
+:mod:`gnri.models.families`, which also says what *loader* family and *maths* family mean.
 """
 
 from __future__ import annotations
@@ -12,26 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from gnri.models.base import SCHEDULE_KINDS, ModelAdapter, ScheduleKind, ScheduleSpec
+from gnri.models.families import FAMILIES, GPU_DTYPES, PIPELINE_FAMILIES, TABLE, facts, pipeline_family
 
-FAMILIES = ("sd", "sdxl", "flux")
-_CLASSES = {"SDAdapter": "gnri.models.sd", "SDXLAdapter": "gnri.models.sdxl", "FluxAdapter": "gnri.models.flux"}
-_FAMILY_CLASS = {"sd": "SDAdapter", "sdxl": "SDXLAdapter", "flux": "FluxAdapter"}
+_CLASSES = {f.adapter.partition(":")[2]: f.adapter.partition(":")[0] for f in TABLE.values()}
 
 
 def adapter_class(family: str) -> Any:
-    """The adapter class of ``family`` (sd | sdxl | flux)."""
-    if family not in _FAMILY_CLASS:
-        raise ValueError(f"model.family must be one of {FAMILIES}, got {family!r}")
-    return __getattr__(_FAMILY_CLASS[family])
-
-
-# A diffusers pipeline class (model_index.json's _class_name) -> the adapter family that runs it.
-PIPELINE_FAMILIES = {
-    "StableDiffusionPipeline": "sd", "StableDiffusionImg2ImgPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusionXLImg2ImgPipeline": "sdxl", "FluxPipeline": "flux", "FluxImg2ImgPipeline": "flux",
-}
-# The half precision each family runs in on a GPU (what its published weights are used in).
-GPU_DTYPES = {"sd": "float16", "sdxl": "float16", "flux": "bfloat16"}
+    """The adapter class of loader family ``family`` (sd | sdxl | flux)."""
+    return facts(family).adapter_class()
 
 
 def folder_family(path: str | Path) -> str:
@@ -45,9 +35,10 @@ def folder_family(path: str | Path) -> str:
         name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
     except (OSError, ValueError) as err:
         raise ValueError(f"model.path: cannot read {index}: {err}") from None
-    if name not in PIPELINE_FAMILIES:
+    family = pipeline_family(name)
+    if family is None:
         raise ValueError(f"model.path: {index} names pipeline {name!r}; supported: {', '.join(PIPELINE_FAMILIES)}")
-    return PIPELINE_FAMILIES[name]
+    return family
 
 
 def auto_dtype(family: str, device: str | Any) -> str:
@@ -63,6 +54,19 @@ def load_local(path: str | Path, name: str | None = None, device: str = "cpu", d
     resolved = auto_dtype(family, device) if dtype == "auto" else dtype
     return load_adapter(family, str(Path(path).expanduser()), name=name or Path(path).expanduser().resolve().name,
                         device=device, dtype=resolved, **options)
+
+
+def load_pipeline(pretrained: str | Path, allow_pickle: bool = False, **kwargs: Any) -> Any:
+    """A diffusers text-to-image pipeline object (``AutoPipelineForText2Image``) by hub name or local
+    folder, safetensors only unless ``allow_pickle`` (:func:`gnri.models.weights.safe_load_kwargs`);
+    ``kwargs`` go to ``from_pretrained`` (e.g. ``torch_dtype``). For :func:`gnri.invert` without
+    importing diffusers yourself."""
+    from diffusers import AutoPipelineForText2Image
+
+    from gnri.models.weights import safe_load_kwargs
+
+    kwargs = {**safe_load_kwargs(pretrained, allow_pickle), **kwargs}
+    return AutoPipelineForText2Image.from_pretrained(str(pretrained), **kwargs)
 
 
 def load_adapter(family: str, pretrained: Any, allow_pickle: bool = False, **options: Any) -> ModelAdapter:
@@ -83,8 +87,9 @@ def load_adapter(family: str, pretrained: Any, allow_pickle: bool = False, **opt
     if pretrained is None:
         raise ValueError(f"model.pretrained must be a hub name, a local folder or a {family} pipeline, got None")
     runtime = runtime_options(options)
-    if family == "flux" and options.pop("vae", None) is not None:
-        raise ValueError("model.vae applies to sd and sdxl (e.g. madebyollin/sdxl-vae-fp16-fix), not flux")
+    if not facts(family).takes_vae and options.pop("vae", None) is not None:
+        takers = " and ".join(f.name for f in TABLE.values() if f.takes_vae)
+        raise ValueError(f"model.vae applies to {takers} (e.g. madebyollin/sdxl-vae-fp16-fix), not {family}")
     if options.get("vae") is not None and not isinstance(pretrained, (str, Path)):
         options["allow_pickle"] = allow_pickle  # the replacement VAE's folder is checked like the pipeline's
     device = options.get("device", "cpu")
@@ -106,6 +111,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "FAMILIES", "SCHEDULE_KINDS", "FluxAdapter", "ModelAdapter", "SDAdapter", "SDXLAdapter", "ScheduleKind",
-    "ScheduleSpec", "adapter_class", "auto_dtype", "folder_family", "load_adapter", "load_local",
+    "FAMILIES", "GPU_DTYPES", "PIPELINE_FAMILIES", "TABLE", "SCHEDULE_KINDS", "FluxAdapter", "ModelAdapter", "SDAdapter", "SDXLAdapter", "ScheduleKind",
+    "ScheduleSpec", "adapter_class", "auto_dtype", "folder_family", "load_adapter", "load_local", "load_pipeline",
 ]

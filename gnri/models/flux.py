@@ -19,36 +19,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from diffusers import FluxPipeline
 
-from gnri.core import Conditioning, Grid, Level, Prediction, Tensor
-from gnri.models.base import ScheduleSpec, guidance_error
+from gnri.core import Conditioning, Level, Tensor
 from gnri.models.common import (
-    parameter_dtype,
-    repeat_branches,
-    bare_call,
     batched,
     branches,
-    freeze,
-    guided,
-    latent_dtype,
-    move,
+    parameter_dtype,
     pixel_size,
-    resolve_dtype,
+    repeat_branches,
     stack_branches,
-    to_prediction,
-    truncation_warning,
-    vae_decode,
     vae_dtype,
-    vae_encode,
-    vae_factors,
 )
-from gnri.models.schedules import build_grid
-from gnri.models.weights import safe_load_kwargs
+from gnri.models.diffusers_adapter import DiffusersAdapter, NetworkDenoiser
+from gnri.models.families import TABLE
 
 MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default T5 length (FLUX.1-schnell takes 256)
 
@@ -66,7 +53,7 @@ def token_grid(seq_len: int, native: tuple[int, int]) -> tuple[int, int]:
 
 
 @dataclass
-class FluxDenoiser:
+class FluxDenoiser(NetworkDenoiser):
     """FluxTransformer2DModel as a :class:`~gnri.core.Denoiser` on packed latents.
 
     Conditioning keys: ``prompt_embeds`` (T5), ``pooled_prompt_embeds`` (CLIP), ``txt_ids``, and
@@ -77,8 +64,12 @@ class FluxDenoiser:
     transformer: Any
     native_grid: tuple[int, int]
 
-    def forwards_per_call(self, cond: Conditioning) -> int:
-        return 2 if cond.uses_cfg else 1
+    latent_key = "hidden_states"
+    prediction = "flow"
+
+    @property
+    def network(self) -> Any:
+        return self.transformer
 
     def network_inputs(self, z: Tensor, level: Level, cond: Conditioning) -> dict[str, Any]:
         """The transformer's keyword arguments for one call (CFG branches stacked into one batch)."""
@@ -104,19 +95,8 @@ class FluxDenoiser:
             "return_dict": False,
         }
 
-    def network_call(self, z: Tensor, level: Level, cond: Conditioning, grad: bool = False) -> Callable[[], Any]:
-        """The bare transformer call on inputs prepared once (``grad``: forward + backward to the
-        input), for timing the network apart from everything around it."""
-        return bare_call(self.transformer, self.network_inputs(z, level, cond), "hidden_states", grad)
 
-    def __call__(self, z: Tensor, level: Level, cond: Conditioning) -> Prediction:
-        n = len(branches(cond))
-        out = self.transformer(**self.network_inputs(z, level, cond))[0]
-        preds = [to_prediction(o.to(z.dtype), z, level, "flow") for o in out.chunk(n)]
-        return preds[0] if len(preds) == 1 else guided(preds[0], preds[1], cond.guidance_scale)
-
-
-class FluxAdapter:
+class FluxAdapter(DiffusersAdapter):
     """Flux as a :class:`~gnri.models.base.ModelAdapter`.
 
     Options: ``max_sequence_length`` (T5 tokens, default 512 capped at the tokenizer's length),
@@ -125,7 +105,11 @@ class FluxAdapter:
     the ``guidance_scale`` of :meth:`encode_prompts` (the run's), as FluxPipeline's.
     """
 
-    family = "flow"
+    family = TABLE["flux"].maths
+    loader_family = "flux"
+    network_kind = TABLE["flux"].network
+    network_attr = "transformer"
+    pipeline_class: Any = FluxPipeline
 
     def __init__(
         self,
@@ -142,15 +126,8 @@ class FluxAdapter:
         if guidance is not None:
             raise ValueError(f"model {name}: model.guidance is gone; the run's guidance_scale feeds the guidance "
                              "embedding (FluxPipeline's guidance_scale), true_cfg_scale runs true CFG")
-        self.name = name
-        self.guidance_distilled = guidance_distilled
-        self.device = torch.device(device)
-        self.dtype = resolve_dtype(dtype)
-        self.pipe = move(pipe, self.device, self.dtype)
-        if self.dtype == torch.float16:  # FLUX's VAE runs in bfloat16 or float32, never float16
-            self.pipe.vae.to(vae_dtype(self.dtype, False, never_half=True))
-        self.pipe.set_progress_bar_config(disable=True)
-        freeze(list(self.pipe.components.values()))
+        self._start(name, device, dtype, guidance_distilled)
+        self._adopt(pipe)
         side = int(self.pipe.vae.config.sample_size)
         self._image_size = pixel_size(image_size, (side, side))
         factor = int(self.pipe.vae_scale_factor) * 2  # VAE downsampling x 2x2 packing
@@ -159,42 +136,13 @@ class FluxAdapter:
         self._grid = (self._image_size[0] // factor, self._image_size[1] // factor)
         limit = int(self.pipe.tokenizer_2.model_max_length)
         self.max_sequence_length = min(max_sequence_length or MAX_SEQUENCE_LENGTH, limit)
-        self._scaling, self._shift = vae_factors(self.pipe.vae)
         self._denoiser = FluxDenoiser(self.pipe.transformer, self._grid)
 
-    # --- construction -------------------------------------------------------------------------
-    @classmethod
-    def from_pipeline(cls, pipe: Any, **options: Any) -> FluxAdapter:
-        """Wrap an existing FluxPipeline (its modules are shared, not copied)."""
-        return cls(pipe, **options)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained: str | Path,
-        *,
-        device: str | torch.device = "cpu",
-        dtype: str | torch.dtype = "float32",
-        variant: str | None = None,
-        allow_pickle: bool = False,
-        **options: Any,
-    ) -> FluxAdapter:
-        """Load by hub name or local diffusers folder; safetensors only unless ``allow_pickle``
-        (see :meth:`gnri.models.sd.SDAdapter.from_pretrained`)."""
-        torch_dtype = resolve_dtype(dtype)
-        safe = safe_load_kwargs(pretrained, allow_pickle)
-        pipe = FluxPipeline.from_pretrained(str(pretrained), dtype=torch_dtype, variant=variant, **safe)
-        options.setdefault("name", Path(str(pretrained)).name)
-        return cls(pipe, device=device, dtype=torch_dtype, **options)
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write the wrapped pipeline as a diffusers folder."""
-        self.pipe.save_pretrained(str(folder))
+    def _fit_vae(self) -> None:
+        if self.dtype == torch.float16:  # FLUX's VAE runs in bfloat16 or float32, never float16
+            self.pipe.vae.to(vae_dtype(self.dtype, False, never_half=True))
 
     # --- ModelAdapter -------------------------------------------------------------------------
-    def image_size(self) -> tuple[int, int]:
-        return self._image_size
-
     def latent_shape(self, batch: int = 1) -> tuple[int, ...]:
         """Packed latent shape ``(B, L, 4C)`` of ``batch`` images at the native size."""
         channels = int(self.pipe.transformer.config.in_channels)
@@ -212,11 +160,11 @@ class FluxAdapter:
         x = packed.view(b, rows, cols, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
         return x.reshape(b, d // 4, rows * 2, cols * 2)
 
-    def encode_images(self, images: Tensor) -> Tensor:
-        return self.pack(vae_encode(self.pipe.vae, images.to(self.device), self._scaling, self._shift))
+    def _pack(self, latents: Tensor) -> Tensor:
+        return self.pack(latents)
 
-    def decode_latents(self, latents: Tensor) -> Tensor:
-        return vae_decode(self.pipe.vae, self.unpack(latents), self._scaling, self._shift)
+    def _unpack(self, latents: Tensor) -> Tensor:
+        return self.unpack(latents)
 
     def _encode(self, prompts: list[str]) -> dict[str, Tensor]:
         embeds, pooled, txt_ids = self.pipe.encode_prompt(
@@ -230,9 +178,8 @@ class FluxAdapter:
         """Whether the transformer has a guidance embedding (FLUX.1-dev: yes; FLUX.1-schnell: no)."""
         return bool(self.pipe.transformer.config.guidance_embeds)
 
-    def guidance_problem(self, guidance_scale: float, true_cfg_scale: float = 1.0) -> str | None:
-        """One line if this model cannot use these scales (:func:`~gnri.models.base.guidance_error`)."""
-        return guidance_error("flux", self.guidance_embeds, guidance_scale, true_cfg_scale)
+    def _guidance_embeds(self) -> bool | None:
+        return self.guidance_embeds
 
     def encode_prompts(
         self, prompts: list[str], guidance_scale: float = 1.0, negative_prompts: list[str] | None = None,
@@ -242,9 +189,7 @@ class FluxAdapter:
         embedding's input (when the transformer has one); a negative branch (true CFG at
         ``true_cfg_scale``, the Conditioning's guidance scale) only if ``true_cfg_scale > 1``
         (``""`` unless given). A scale the model cannot use is a ValueError."""
-        problem = self.guidance_problem(guidance_scale, true_cfg_scale)
-        if problem:
-            raise ValueError(f"model {self.name}: {problem}")
+        self._check_guidance(guidance_scale, true_cfg_scale)
         positive = self._encode(prompts)
         if self.guidance_embeds:
             positive["guidance"] = torch.full((len(prompts),), float(guidance_scale), device=self.device)
@@ -253,20 +198,11 @@ class FluxAdapter:
             negative = self._encode(negative_prompts or [""] * len(prompts))
         return Conditioning(positive, negative, float(true_cfg_scale), self.guidance_distilled)
 
-    def prompt_warning(self, prompt: str) -> str | None:
-        """One line if ``encode_prompts`` would truncate ``prompt`` (CLIP at its
-        ``model_max_length``, T5 at ``max_sequence_length``; diffusers only logs it), else None."""
+    def _text_encoders(self) -> list[tuple[str, Any, int]]:
+        """CLIP at its ``model_max_length``, T5 at ``max_sequence_length``."""
         clip = self.pipe.tokenizer
-        return truncation_warning(prompt, [
-            ("text_encoder", clip, int(clip.model_max_length)),
-            ("text_encoder_2", self.pipe.tokenizer_2, self.max_sequence_length),
-        ])
+        return [("text_encoder", clip, int(clip.model_max_length)),
+                ("text_encoder_2", self.pipe.tokenizer_2, self.max_sequence_length)]
 
     def denoiser(self) -> FluxDenoiser:
         return self._denoiser
-
-    def grid(self, schedule: ScheduleSpec, latent_shape: tuple[int, ...]) -> Grid:
-        return build_grid(
-            schedule, "flow", self.pipe.scheduler.config, tuple(latent_shape), self.name, self.device,
-            latent_dtype(self.dtype),
-        )

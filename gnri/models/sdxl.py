@@ -27,6 +27,7 @@ class SDXLAdapter(SDAdapter):
     ``image_size`` defaults to the UNet sample size x VAE factor (1024 for SDXL base).
     """
 
+    loader_family = "sdxl"
     pipeline_class: Any = StableDiffusionXLPipeline
 
     @staticmethod
@@ -56,9 +57,7 @@ class SDXLAdapter(SDAdapter):
     ) -> Conditioning:
         """Both CLIP encoders' hidden states, pooled text embeds and time ids per branch; guidance
         as :meth:`SDAdapter.encode_prompts` (SDXL-Turbo too: > 1 is classifier-free guidance)."""
-        problem = self.guidance_problem(guidance_scale, true_cfg_scale)
-        if problem:
-            raise ValueError(f"model {self.name}: {problem}")
+        self._check_guidance(guidance_scale, true_cfg_scale)
         use_cfg = guidance_scale > 1.0
         pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
             prompt=list(prompts), device=self.device, num_images_per_prompt=1,

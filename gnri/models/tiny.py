@@ -36,8 +36,10 @@ from transformers import (
     T5Tokenizer,
 )
 
+from gnri.models.families import FAMILIES, TABLE
+
 TinyFamily = Literal["sd", "sdxl", "flux"]
-TINY_FAMILIES = ("sd", "sdxl", "flux")
+TINY_FAMILIES = FAMILIES  # every loader family of gnri.models.families has a tiny builder (FamilyFacts.tiny)
 
 CLIP_MAX_LENGTH = 77  # CLIP's context; the pipelines pad prompts to the tokenizer's length
 T5_MAX_LENGTH = 32  # tiny Flux prompts: max_sequence_length the adapter passes
@@ -185,10 +187,9 @@ def tiny_flux_pipeline(guidance_embeds: bool = True, dynamic_shift: bool = True,
 
 def tiny_pipeline(family: TinyFamily, seed: int = 0, **options: Any) -> Any:
     """The tiny pipeline of ``family`` (sd | sdxl | flux); ``options`` go to its builder."""
-    builders = {"sd": tiny_sd_pipeline, "sdxl": tiny_sdxl_pipeline, "flux": tiny_flux_pipeline}
-    if family not in builders:
+    if family not in TABLE:
         raise ValueError(f"tiny model family must be one of {TINY_FAMILIES}, got {family!r}")
-    return builders[family](seed=seed, **options)
+    return TABLE[family].tiny_builder()(seed=seed, **options)
 
 
 def save_tiny(family: TinyFamily, folder: str | Path, seed: int = 0, **options: Any) -> Path:
