@@ -6,7 +6,11 @@ What the harness stores (safetensors, one file per entry, under ``<cache_dir>/<k
   ceiling, keyed by the checkpoint identity, device, dtype, image size and the image file's hash;
 - ``prompt``: the prompt embeddings (:class:`~gnri.core.Conditioning`: every tensor of its
   positive and negative branches, its guidance scale and flag), keyed by the checkpoint,
-  device, dtype, caption, negative prompt and guidance scale.
+  device, dtype, caption, negative prompt and guidance scale;
+- ``inversion`` (the edit task): one source's inversion by one inverter (:func:`result_to_tensors`)
+  with its measured seconds and NFE, keyed by the image's key, the inverter and its resolved
+  hyperparameters, the schedule, guidance and seed, so every editor of a sweep edits the same
+  inversion and the source is inverted once per inverter.
 
 Keys are hashes of those fields (:func:`eval.settings.digest`), never of config names, so jobs of
 one sweep, ranks of one data-parallel job and later sweeps pointed at the same ``cache_dir``
@@ -16,6 +20,7 @@ share entries. Writes go to a temporary file in the same folder and are renamed 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -27,7 +32,7 @@ from typing import Any, Mapping
 import torch
 
 from eval.settings import digest
-from gnri.core import Conditioning
+from gnri.core import Conditioning, InversionResult, StepInfo
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -76,16 +81,19 @@ class TensorCache:
             return
         from safetensors.torch import save_file
 
+        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
             os.close(fd)
-            data = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+            # clones: two names may share one storage (an inversion's z is its trajectory's last), which safetensors refuses
+            data = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
             save_file(data, tmp, metadata={"meta": json.dumps(dict(meta or {}), default=str)})
             os.replace(tmp, path)
-        except OSError as err:
+        except (OSError, RuntimeError, ValueError, TypeError) as err:
             log.warning("cache: cannot write %s (%s)", path, err)
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
 
 
 def conditioning_to_tensors(cond: Conditioning) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -104,3 +112,58 @@ def conditioning_from_tensors(tensors: Mapping[str, Tensor], meta: Mapping[str, 
     negative = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("negative.")}
     return Conditioning(positive, negative if meta.get("has_negative") else None,
                         float(meta.get("guidance_scale", 1.0)), bool(meta.get("guidance_distilled", False)))
+
+
+def result_to_tensors(result: InversionResult) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+    """An inversion's state as flat tensors and meta (latent, trajectory, iterations, per-step
+    conditioning, a sampler that is a ``functools.partial`` of a module function with tensor or
+    plain keywords, tensor extras), or None when some part cannot be stored (then it is not cached)."""
+    tensors: dict[str, Tensor] = {"z": result.z, **{f"trajectory.{i}": t for i, t in enumerate(result.trajectory)}}
+    meta: dict[str, Any] = {"iterations": [s.iters for s in result.steps], "steps": len(result.trajectory)}
+    if any(not isinstance(v, Tensor) for v in result.extras.values()):
+        return None
+    tensors.update({f"extras.{k}": v for k, v in result.extras.items()})
+    if result.cond_per_step is not None:
+        meta["cond_per_step"] = []
+        for i, cond in enumerate(result.cond_per_step):
+            parts, cond_meta = conditioning_to_tensors(cond)
+            tensors.update({f"cond_per_step.{i}.{k}": v for k, v in parts.items()})
+            meta["cond_per_step"].append(cond_meta)
+    if result.sampler is not None:
+        sampler = result.sampler
+        func = getattr(sampler, "func", None)
+        if not isinstance(sampler, functools.partial) or sampler.args or "<" in getattr(func, "__qualname__", "<"):
+            return None
+        plain = {k: v for k, v in sampler.keywords.items() if not isinstance(v, Tensor)}
+        try:
+            json.dumps(plain)
+        except TypeError:
+            return None
+        tensors.update({f"sampler.{k}": v for k, v in sampler.keywords.items() if isinstance(v, Tensor)})
+        meta["sampler"] = {"module": func.__module__, "name": func.__qualname__, "keywords": plain}
+    return tensors, meta
+
+
+def result_from_tensors(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> InversionResult:
+    """Inverse of :func:`result_to_tensors` (per-step diagnostics other than iterations are not kept)."""
+    import importlib
+
+    def part(prefix: str) -> dict[str, Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    per_step = None
+    if "cond_per_step" in meta:
+        per_step = tuple(conditioning_from_tensors(part(f"cond_per_step.{i}."), m)
+                         for i, m in enumerate(meta["cond_per_step"]))
+    sampler = None
+    if "sampler" in meta:
+        spec = meta["sampler"]
+        func = importlib.import_module(spec["module"])
+        for attr in spec["name"].split("."):
+            func = getattr(func, attr)
+        sampler = functools.partial(func, **spec["keywords"], **part("sampler."))
+    return InversionResult(
+        z=tensors["z"], trajectory=tuple(tensors[f"trajectory.{i}"] for i in range(int(meta["steps"]))),
+        steps=tuple(StepInfo(iters=int(n)) for n in meta["iterations"]), cond_per_step=per_step, sampler=sampler,
+        extras=part("extras."),
+    )

@@ -91,10 +91,13 @@ def world_edit_dataset(
     cache_dir: str | Path | None = None,
     attributes: Sequence[str] | None = None,
     max_pairs: int | None = None,
+    per_type: int | None = None,
 ) -> list[EditEntry]:
     """The world's edit pairs (``manifest`` default ``datasets/world/manifests/edits.jsonl``).
 
-    ``attributes`` keeps only pairs that change one of them; ``max_pairs`` the first N kept.
+    ``attributes`` keeps only pairs that change one of them; ``per_type`` the first N of each edit
+    type (the changed attribute: position, shape, size, background, colour), in manifest order, so
+    the types are balanced (the manifest holds 32 to 54 of each); ``max_pairs`` the first N kept.
     """
     from eval.world.generator import read_jsonl
 
@@ -105,6 +108,16 @@ def world_edit_dataset(
     rows = read_jsonl(path)
     if attributes is not None:
         rows = [r for r in rows if r["attribute"] in set(attributes)]
+    if per_type is not None:
+        if per_type < 1:
+            raise ValueError(f"dataset.per_type must be >= 1 or null, got {per_type}")
+        seen: dict[str, int] = {}
+        kept = []
+        for r in rows:
+            seen[r["attribute"]] = seen.get(r["attribute"], 0) + 1
+            if seen[r["attribute"]] <= per_type:
+                kept.append(r)
+        rows = kept
     rows = rows[:max_pairs] if max_pairs is not None else rows
     return [_world_entry(r, cache) for r in rows]
 

@@ -1,7 +1,7 @@
-"""Paper presets' smoke mode: the same preset on the tiny model of the same family, 2 images, CPU.
+"""Paper presets' smoke mode: the same preset on the tiny model of the same family, 1 image, CPU.
 
 A paper preset (``conf/experiment/paper_*.yaml``) names its stand-ins under ``smoke_overrides``
-(command-line overrides: the tiny model of its family, a bundled dataset, ``max_images=2``,
+(command-line overrides: the tiny model of its family, a bundled dataset, ``max_images=1``, ``warmup=0``,
 ``device=cpu``, no bare-network clock except in the timing preset, and 10 steps instead of a
 DDIM-50 grid). ``python run.py -m experiment=paper_<name> smoke=true`` adds them to the command
 line before Hydra composes the config, so every name in the rows, the errors and the config is

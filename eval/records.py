@@ -28,7 +28,10 @@ Columns (:data:`COLUMNS`, in this order):
   ``diffusers_version``, ``transformers_version``, ``device``, ``dtype``, and JSON strings
   ``inverter_params`` (the inverter's hyperparameters), ``schedule_params`` (the ScheduleSpec
   fields), ``config`` (the full resolved config) and ``machine`` (CPU model, cores, torch threads,
-  load average when the run set up: :mod:`eval.machine`).
+  load average when the run set up: :mod:`eval.machine`; plus ``libraries``, the versions of the
+  metric libraries whose behaviour moves scores, :data:`METRIC_LIBRARIES`: torchmetrics changed SSIM
+  in 2024, see :func:`eval.metrics.masked.pie_ssim`). ``provenance.json`` also has them at top level
+  (``torchmetrics_version``, ``lpips_version``, ``open_clip_version``); the table's columns do not change.
 
 Statuses: ``ok``; ``failed`` (the method or pipeline raised, or diverged: a non-finite latent,
 on a valid input); ``skipped`` (not run: the method does not apply here, it raised ValueError,
@@ -165,6 +168,16 @@ def git_commit(repo: Path | None = None) -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
+# Metric libraries whose version moves scores: provenance key prefix -> distribution name. Read from
+# the installed metadata (importlib.metadata), never imported; "not installed" when absent.
+METRIC_LIBRARIES = {"torchmetrics": "torchmetrics", "lpips": "lpips", "open_clip": "open_clip_torch"}
+
+
+def library_versions() -> dict[str, str]:
+    """``{name: version}`` of :data:`METRIC_LIBRARIES` (``"not installed"`` when absent)."""
+    return {name: _version(dist) for name, dist in METRIC_LIBRARIES.items()}
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -184,7 +197,10 @@ def provenance(
     schedule_params: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The provenance columns of a run (:data:`PROVENANCE_COLUMNS`), all strings."""
+    """The provenance columns of a run (:data:`PROVENANCE_COLUMNS`), all strings, plus
+    ``<library>_version`` for each of :data:`METRIC_LIBRARIES` (``provenance.json`` only: the rows
+    take :data:`PROVENANCE_COLUMNS`, where the same versions sit in ``machine``'s ``libraries``)."""
+    libraries = library_versions()
     return {
         "git_commit": git_commit(),
         "torch_version": _version("torch"),
@@ -195,7 +211,8 @@ def provenance(
         "inverter_params": to_json(dict(inverter_params or {})),
         "schedule_params": to_json(dict(schedule_params or {})),
         "config": to_json(dict(config or {})),
-        "machine": to_json(machine_state()),
+        "machine": to_json({**machine_state(), "libraries": libraries}),
+        **{f"{name}_version": version for name, version in libraries.items()},
     }
 
 

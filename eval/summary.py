@@ -157,7 +157,8 @@ def terminal_summary(df: pd.DataFrame, run_dir: str | Path) -> str:
     for metric, label, unit in (("psnr", "PSNR", " dB"), ("psnr_gap_to_vae", "gap to VAE", " dB"),
                                 ("time_invert_s", "invert", " s"), ("overhead_ratio", "x network", ""),
                                 ("nfe_forward", "NFE", ""), ("edit_success", "edit success", ""),
-                                ("clip_whole", "CLIP", ""), ("exact_image_psnr", "exact PSNR", " dB")):
+                                ("clip_whole", "CLIP", ""), ("exact_image_psnr", "exact PSNR", " dB"),
+                                ("chain_all_success", "chain success", ""), ("chain_time_s", "chain", " s")):
         value = _mean(df, metric)
         if value is not None:
             parts.append(f"{label} {_fmt(value)}{unit}")

@@ -4,6 +4,7 @@ edited region), the edit/exact loops' tidy rows, the editing figure and grid, ru
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -129,6 +130,23 @@ def test_world_pairs_are_identical_outside_the_edited_region(tmp_path: Path) -> 
     assert all(e.edit_type == "colour" for e in only)
 
 
+def test_world_pairs_balanced_per_edit_type(tmp_path: Path) -> None:
+    """``per_type=N``: the first N pairs of each edit type, in manifest order (no image is rendered)."""
+    import json
+    from collections import Counter
+
+    from eval.world_data import world_dir
+
+    entries = world_edit_dataset(cache_dir=tmp_path, per_type=3)
+    assert Counter(e.edit_type for e in entries) == {t: 3 for t in ("position", "shape", "size", "background", "colour")}
+    lines = (world_dir() / "manifests" / "edits.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [(i, json.loads(line)["attribute"]) for i, line in enumerate(lines)]
+    first = sorted(i for t in {a for _, a in rows} for i in [i for i, a in rows if a == t][:3])
+    assert [int(e.image_id.split("_")[1]) for e in entries] == first  # image ids: edit_<index>_<type>
+    with pytest.raises(ValueError, match="dataset.per_type must be >= 1"):
+        world_edit_dataset(cache_dir=tmp_path, per_type=0)
+
+
 @pytest.mark.parametrize("editor", ["prompt_swap", "p2p"])
 def test_edit_loop_rows(tiny_sd_adapter, tmp_path: Path, editor: str) -> None:
     cache = tmp_path / "cache"  # a position edit changes the word count: P2P refinement, not word swap
@@ -247,3 +265,63 @@ def test_edit_jobs_share_the_source_encodings(tiny_sd_adapter, tmp_path: Path) -
     assert adapters[1].prompts == adapters[0].prompts - 2  # source captions cached; target captions per edit
     ok = [t[t["metric"] == "recon_psnr"]["value"].tolist() for t in tables]
     assert ok[0] == ok[1]
+
+
+def test_every_editor_of_a_sweep_edits_one_inversion(tiny_sd_adapter, tmp_path: Path) -> None:
+    """The edit task caches each source's inversion (eval.cache ``inversion``): a second job of the
+    same inverter with another editor does not invert again and reports the first job's NFE and seconds."""
+    import functools
+
+    calls = []
+
+    @functools.wraps(ddim.invert)
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return ddim.invert(*args, **kwargs)
+
+    entries = world_edit_dataset(cache_dir=tmp_path / "world", max_pairs=2)
+    tables = []
+    for editor in ("prompt_swap", "sdedit"):
+        before = len(calls)
+        tables.append(evaluate_edits(tiny_sd_adapter, ScheduleSpec("ddim", 2), counted, "ddim", entries,
+                                     EditSettings(editor), progress=False, out_dir=tmp_path / editor,
+                                     cache_dir=tmp_path / "cache", save_images=False, warmup=1))
+        assert len(calls) - before == (3 if editor == "prompt_swap" else 0)  # warm-up + 2 timed, then none
+    first, second = (t.set_index(["image", "metric"])["value"] for t in tables)
+    for metric in ("nfe_forward", "time_invert_s", "recon_psnr"):
+        assert first.xs(metric, level="metric").equals(second.xs(metric, level="metric")), metric
+
+
+def test_an_inversion_state_round_trips_through_the_cache(tiny_sd_adapter) -> None:
+    """EDICT (a sampler bound to tensors) and null-text (per-step conditioning) come back whole."""
+    from baselines import edict, null_text
+    from eval.cache import result_from_tensors, result_to_tensors
+    from gnri.core import reconstruct
+
+    latent = tiny_sd_adapter.encode_images(torch.rand(1, 3, *tiny_sd_adapter.image_size()))
+    grid = tiny_sd_adapter.grid(ScheduleSpec("ddim", 2), tuple(latent.shape))
+    cond = tiny_sd_adapter.encode_prompts(["a red circle"], guidance_scale=3.0)
+    den = tiny_sd_adapter.denoiser()
+    for invert in (edict.invert, functools.partial(null_text.invert, num_inner_steps=1)):
+        result = invert(den, latent, grid, cond)
+        stored = result_to_tensors(result)
+        assert stored is not None
+        back = result_from_tensors(*stored)
+        with torch.no_grad():
+            assert torch.equal(reconstruct(den, back, grid, cond), reconstruct(den, result, grid, cond))
+    result.extras["not a tensor"] = "x"
+    assert result_to_tensors(result) is None  # not cached: inverted again by every job
+
+
+@pytest.mark.parametrize("editor", ["sdedit", "direct_inversion", "direct_inversion_p2p", "pnp", "turboedit"])
+def test_every_new_editor_runs_through_the_edit_task(tiny_sd_adapter, tmp_path: Path, editor: str) -> None:
+    """The editors of the paper's Fig. 5 and PIE-Bench (each checked against its official loop in
+    tests/test_editor_*.py) run by name (``task.editor``) with ok rows and their own label."""
+    entries = world_edit_dataset(cache_dir=tmp_path / "world", max_pairs=1)
+    df = evaluate_edits(tiny_sd_adapter, ScheduleSpec("ddim", 2), ddim.invert, "ddim", entries, EditSettings(editor),
+                        progress=False, save_images=False, warmup=0)
+    assert set(df["inverter"]) == {f"ddim+{editor}"}
+    by = df.set_index("metric")["status"]
+    for name in ("bg_psnr", "recon_psnr", "target_psnr", "edit_success", "nfe_forward_edit"):
+        assert by[name] == "ok", (name, df[df["metric"] == name]["reason"].tolist())
+    assert df.set_index("metric")["value"]["nfe_forward_edit"] > 0

@@ -328,7 +328,7 @@ def test_build_edit_metrics_order_sharing_and_convention() -> None:
     metrics = build_edit_metrics("piebench", clip=FakeClip())
     assert [m.name for m in metrics] == EDIT_NAMES == [
         "edit_success", "recon_success", "bg_psnr", "bg_ssim", "bg_lpips", "bg_mse", "lpips_to_source", "clip_whole",
-        "clip_edited", "structure_distance", "target_psnr", "recon_psnr"]
+        "clip_edited", "structure_distance", "structure_distance_standin", "target_psnr", "recon_psnr"]
     by = {m.name: m for m in metrics}
     assert by["bg_lpips"].lpips is by["lpips_to_source"].lpips  # type: ignore[attr-defined]
     assert by["clip_whole"].clip is by["clip_edited"].clip  # type: ignore[attr-defined]

@@ -323,3 +323,17 @@ def test_exact_track_oracle_is_exact_and_ddim_is_not() -> None:
     torch.testing.assert_close(nmse(2 * noise, noise), torch.ones(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="encode needs decode"):
         exact_track(oracle_invert, denoiser, grid, cond, noise, encode=encode)
+
+
+def test_clip_reads_the_normalisation_a_clip_processor_saved(tmp_path: Path) -> None:
+    """``CLIPProcessor.save_pretrained`` writes ``processor_config.json`` (the world CLIP's: mean/std 0.5,
+    as it was trained); without reading it, images were normalised with OpenAI's statistics."""
+    import json
+
+    from eval.metrics.clip_score import OPENAI_MEAN, _hf_preprocess_config
+
+    assert _hf_preprocess_config(tmp_path, 32)[2] == tuple(OPENAI_MEAN)  # nothing saved: CLIP's defaults
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_processor": {
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": {"shortest_edge": 64},
+        "crop_size": {"height": 64, "width": 64}}}), encoding="utf-8")
+    assert _hf_preprocess_config(tmp_path, 32) == (64, 64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

@@ -67,10 +67,10 @@ def test_without_a_gpu_a_preset_stops_in_one_line(tmp_path: Path) -> None:
 
 def test_smoke_arguments_add_the_stand_ins_and_keep_the_users_own(tmp_path: Path) -> None:
     conf = ROOT / "conf"
-    args, error = smoke_arguments(["experiment=paper_recon_flux", "smoke=true", "max_images=1"], conf)
+    args, error = smoke_arguments(["experiment=paper_recon_flux", "smoke=true", "max_images=3"], conf)
     assert error is None
     assert "model=tiny_flux" in args and "device=cpu" in args
-    assert "max_images=2" not in args and "max_images=1" in args  # the user's value wins
+    assert "max_images=1" not in args and "max_images=3" in args  # the user's value wins over the preset's 1
     assert smoke_arguments(["smoke=true"], conf)[1].startswith("run.py: smoke=true needs exactly one experiment=")
     assert "has no smoke_overrides" in smoke_arguments(["experiment=world_flow", "smoke=true"], conf)[1]
     assert smoke_arguments(["experiment=paper_recon_flux"], conf) == (["experiment=paper_recon_flux"], None)

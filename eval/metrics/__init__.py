@@ -92,7 +92,7 @@ _FACTORIES: dict[str, dict[str, MetricFactory]] = {
     },
     "edit": {name: _edit(name) for name in (
         "edit_success", "recon_success", "bg_psnr", "bg_ssim", "bg_lpips", "bg_mse", "lpips_to_source",
-        "clip_whole", "clip_edited", "structure_distance", "target_psnr", "recon_psnr",
+        "clip_whole", "clip_edited", "structure_distance", "structure_distance_standin", "target_psnr", "recon_psnr",
     )},
 }
 

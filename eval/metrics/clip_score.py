@@ -133,10 +133,14 @@ def load_open_clip(model_name: str, pretrained: str, weights: str | None, cache_
 
 
 def _hf_preprocess_config(folder: Path, image_size: int) -> tuple[int, int, tuple[float, ...], tuple[float, ...]]:
-    """(resize, crop, mean, std) from ``preprocessor_config.json``, else CLIP's defaults."""
+    """(resize, crop, mean, std) from ``preprocessor_config.json``, or ``processor_config.json``'s
+    ``image_processor`` (what ``CLIPProcessor.save_pretrained`` writes, e.g. the world CLIP's, trained
+    on mean/std 0.5), else CLIP's defaults."""
     cfg: dict[str, Any] = {}
     if (folder / "preprocessor_config.json").is_file():
         cfg = json.loads((folder / "preprocessor_config.json").read_text())
+    elif (folder / "processor_config.json").is_file():
+        cfg = json.loads((folder / "processor_config.json").read_text()).get("image_processor", {})
     size = cfg.get("size", image_size)
     size = size.get("shortest_edge", size.get("height", image_size)) if isinstance(size, dict) else int(size)
     crop = cfg.get("crop_size", image_size)

@@ -14,6 +14,9 @@ model's size, ``sample.candidate`` (the edit) vs ``sample.reference`` (the sourc
 - ``clip_whole`` / ``clip_edited``: CLIP score of the edit / of its edited region (pixels outside
   set to 0, as PIE-Bench) against the target caption (``piebench``: the edit made 8-bit first);
 - ``structure_distance``: PIE-Bench's DINO ViT-B/8 structure distance (:mod:`eval.metrics.structure`);
+  ``structure_distance_standin``: the same distance on a stand-in ViT's keys (the world CLIP's vision
+  tower) when no DINO file is here, a row of its own so that no table mixes it with DINO's numbers
+  (``task.structure.standin``: auto | off | a CLIPModel folder; with DINO present it is unavailable);
 - ``target_psnr``: the edit vs ``sample.target`` (world only); ``recon_psnr``: the reconstruction vs the source.
 
 Each ``score`` checks, in order, what the pair lacks (no mask, whole-image region, no target) and
@@ -33,13 +36,15 @@ from eval.metrics.base import Metric, MetricUnavailable, Sample, Tensor, one_lin
 from eval.metrics.diagnostics import EDIT_DIAGNOSTICS, EDIT_METRIC_ORDER
 from eval.metrics.lpips_metric import LPIPS
 from eval.metrics.masked import (
-    MaskedLPIPS, MaskedSSIM, masked_mse, masked_psnr, pie_lpips, pie_mse, pie_psnr, pie_ssim, region_image, to_8bit,
+    SSIM_BORDER_CROPS, MaskedLPIPS, MaskedSSIM, masked_mse, masked_psnr, pie_lpips, pie_mse, pie_psnr, pie_ssim,
+    region_image, to_8bit,
 )
-from eval.metrics.structure import StructureDistance
+from eval.metrics.structure import STANDIN_NAME, StructureDistance, StructureDistanceStandin
 from gnri.quality import psnr
 
 MASK_CONVENTIONS = ("region", "piebench")  # eval.metrics.masked: over the region / PnPInversion's evaluator
 STRUCTURE_REASON = "no structure-distance metric configured (eval.metrics.structure.StructureDistance)"
+STANDIN_REASON = "no stand-in structure-distance metric configured (eval.metrics.structure.StructureDistanceStandin)"
 NO_MASK = "no edited-region mask for this pair"
 WHOLE_REGION = "the edited region covers the whole image"
 NO_TARGET = "no ground-truth target image (the embedded world has them)"
@@ -166,12 +171,26 @@ class BgMSE(_Background):
 
 @dataclass
 class BgSSIM(_Background):
+    """``ssim_border_crop`` (piebench only): 0 = torchmetrics 1.9's whole SSIM map | 5 = the map without
+    its 5-pixel border, as torchmetrics before PR #2721 (Sep 2024) when PIE-Bench's tables were made
+    (:func:`eval.metrics.masked.pie_ssim`)."""
+
     ssim: MaskedSSIM = field(default_factory=MaskedSSIM)
+    ssim_border_crop: int = 0
     name = "bg_ssim"
     higher_is_better = True
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ssim_border_crop not in SSIM_BORDER_CROPS:
+            raise ValueError(f"task.ssim_border_crop must be one of {SSIM_BORDER_CROPS}, got {self.ssim_border_crop!r}")
+        if self.ssim_border_crop and self.convention != "piebench":
+            raise ValueError("task.ssim_border_crop applies to task.mask_convention=piebench only")
+
     def _score(self, edit: Tensor, source: Tensor, keep: Tensor) -> Tensor:
-        return pie_ssim(edit, source, keep) if self.convention == "piebench" else self.ssim(edit, source, keep)
+        if self.convention == "piebench":
+            return pie_ssim(edit, source, keep, self.ssim_border_crop)
+        return self.ssim(edit, source, keep)
 
 
 @dataclass
@@ -295,18 +314,43 @@ class ClipEdited(_Clip):
 
 @dataclass
 class Structure:
-    """``structure_distance``; ``structure`` None: unavailable (:data:`STRUCTURE_REASON`)."""
+    """``structure_distance`` (DINO only); ``structure`` None: unavailable (:data:`STRUCTURE_REASON`).
+    Without DINO its reason names the stand-in row when ``standin`` computes one."""
 
     structure: StructureDistance | None = None
+    standin: StructureDistanceStandin | None = None
     name = "structure_distance"
     higher_is_better = False
 
     def unavailable_reason(self) -> str | None:
-        return STRUCTURE_REASON if self.structure is None else self.structure.unavailable_reason()
+        if self.structure is None:
+            return STRUCTURE_REASON
+        reason = self.structure.unavailable_reason()
+        if reason is not None and self.standin is not None and self.standin.unavailable_reason() is None:
+            reason = f"{reason}; the row {STANDIN_NAME} has the {self.standin.source}"
+        return reason
 
     def score(self, sample: Sample) -> Tensor:
         _require(self.unavailable_reason())
         return self.structure(sample.candidate, sample.reference)  # type: ignore[misc]
+
+
+@dataclass
+class StructureStandin:
+    """``structure_distance_standin``: the structure distance on a stand-in ViT's keys, only where no
+    DINO weights are (:class:`~eval.metrics.structure.StructureDistanceStandin`); ``standin`` None:
+    unavailable (:data:`STANDIN_REASON`)."""
+
+    standin: StructureDistanceStandin | None = None
+    name = STANDIN_NAME
+    higher_is_better = False
+
+    def unavailable_reason(self) -> str | None:
+        return STANDIN_REASON if self.standin is None else self.standin.unavailable_reason()
+
+    def score(self, sample: Sample) -> Tensor:
+        _require(self.unavailable_reason())
+        return self.standin(sample.candidate, sample.reference)  # type: ignore[misc]
 
 
 @dataclass
@@ -340,11 +384,28 @@ class ReconPSNR:
 # ---------------------------------------------------------------- factories (eval.metrics.registry)
 
 
-def _structure(structure: Any = None, **options: Any) -> Structure:
-    """``structure``: StructureDistance keyword arguments (a mapping) or a ready object; ``options``: more kwargs."""
+def _structure_pair(structure: Any = None, **options: Any) -> tuple[Structure, StructureStandin]:
+    """The two structure rows sharing one DINO look-up. ``structure``: the ``task.structure`` block
+    (StructureDistance keyword arguments plus ``standin``: auto | off | a CLIPModel folder) or a ready
+    StructureDistance; ``options``: more of those keywords."""
     if structure is None or isinstance(structure, Mapping):
-        structure = StructureDistance(**{**dict(structure or {}), **options})
-    return Structure(structure)
+        kwargs = {**dict(structure or {}), **options}
+        standin = kwargs.pop("standin", "auto")
+        structure = StructureDistance(**kwargs)
+    else:
+        standin = options.get("standin", "auto")
+    stand = StructureDistanceStandin(standin, structure)
+    return Structure(structure, stand), StructureStandin(stand)
+
+
+def _structure(structure: Any = None, **options: Any) -> Structure:
+    """``structure_distance``: see :func:`_structure_pair`."""
+    return _structure_pair(structure, **options)[0]
+
+
+def _structure_standin(structure: Any = None, **options: Any) -> StructureStandin:
+    """``structure_distance_standin``: see :func:`_structure_pair`."""
+    return _structure_pair(structure, **options)[1]
 
 
 def _clip(cls: type[_Clip]) -> Callable[..., Metric]:
@@ -366,6 +427,7 @@ FACTORIES: dict[str, Callable[..., Metric]] = {
     "clip_whole": _clip(ClipWhole),
     "clip_edited": _clip(ClipEdited),
     "structure_distance": _structure,
+    STANDIN_NAME: _structure_standin,
     "target_psnr": TargetPSNR,
     "recon_psnr": ReconPSNR,
 }
@@ -377,27 +439,31 @@ def build_edit_metrics(
     lpips_cache: str | None = None,
     clip: Any = None,
     structure: Mapping[str, Any] | None = None,
+    ssim_border_crop: int = 0,
 ) -> list[Metric]:
     """The edit task's metrics in the table's order (:data:`EDIT_METRIC_ORDER`, its diagnostics left
     out), one whole-image LPIPS shared by ``lpips_to_source`` and ``piebench``'s ``bg_lpips``.
 
     ``clip``: None (unavailable: "no CLIP metric configured"), CLIPScore keyword arguments or a ready
-    metric; ``structure``: StructureDistance keyword arguments (None: its defaults) or a ready object.
+    metric; ``structure``: the ``task.structure`` block (StructureDistance keyword arguments and
+    ``standin``; None: the defaults, stand-in ``auto``) or a ready StructureDistance.
     """
     check_convention(convention)
     lpips = LPIPS(net=lpips_net, cache_dir=lpips_cache)
     clip = clip_metric(clip)
+    structure_row, standin_row = _structure_pair(structure)
     built: dict[str, Metric] = {
         "edit_success": EditSuccess(),
         "recon_success": ReconSuccess(),
         "bg_psnr": BgPSNR(convention),
-        "bg_ssim": BgSSIM(convention),
+        "bg_ssim": BgSSIM(convention, ssim_border_crop=ssim_border_crop),
         "bg_lpips": BgLPIPS(convention, lpips_net, lpips_cache, lpips=lpips if convention == "piebench" else None),
         "bg_mse": BgMSE(convention),
         "lpips_to_source": LpipsToSource(lpips_net, lpips_cache, lpips=lpips),
         "clip_whole": ClipWhole(convention, clip),
         "clip_edited": ClipEdited(convention, clip),
-        "structure_distance": _structure(structure),
+        "structure_distance": structure_row,
+        STANDIN_NAME: standin_row,
         "target_psnr": TargetPSNR(),
         "recon_psnr": ReconPSNR(),
     }
@@ -405,8 +471,8 @@ def build_edit_metrics(
 
 
 __all__ = [
-    "FACTORIES", "MASK_CONVENTIONS", "NO_CLIP", "NO_MASK", "NO_TARGET", "STRUCTURE_REASON", "WHOLE_REGION", "BgLPIPS",
-    "BgMSE", "BgPSNR", "BgSSIM", "ClipEdited", "ClipWhole", "EditSuccess", "LpipsToSource", "ReconPSNR",
-    "ReconSuccess", "Structure", "TargetPSNR", "background", "build_edit_metrics", "check_convention", "clip_metric",
-    "world_check",
+    "FACTORIES", "MASK_CONVENTIONS", "NO_CLIP", "NO_MASK", "NO_TARGET", "STANDIN_REASON", "STRUCTURE_REASON",
+    "WHOLE_REGION", "BgLPIPS", "BgMSE", "BgPSNR", "BgSSIM", "ClipEdited", "ClipWhole", "EditSuccess", "LpipsToSource",
+    "ReconPSNR", "ReconSuccess", "Structure", "StructureStandin", "TargetPSNR", "background", "build_edit_metrics",
+    "check_convention", "clip_metric", "world_check",
 ]

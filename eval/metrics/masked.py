@@ -37,10 +37,18 @@ WHOLE image, zeros included:
 - :func:`pie_psnr`: torchmetrics ``PeakSignalNoiseRatio(data_range=1)`` = ``10 log10(1 / pie_mse)``;
 - :func:`pie_ssim`: torchmetrics ``StructuralSimilarityIndexMeasure(data_range=1)`` defaults
   (Gaussian 11 taps, sigma 1.5, K1 0.01, K2 0.03), the mean of the SSIM map of the zeroed images
-  (tables: x 10^2);
+  (tables: x 10^2). ``border_crop=5`` (:data:`LEGACY_SSIM_BORDER_CROP`) drops the map's 5-pixel
+  border before the mean, as torchmetrics did before September 2024 (Lightning-AI/torchmetrics
+  PR #2721, issue #2718), i.e. when PIE-Bench's published tables were made; the default 0 is
+  torchmetrics 1.9's whole map;
 - :func:`pie_lpips`: LPIPS of the zeroed images, fed [-1, 1] (tables: x 10^3). PnPInversion uses
   torchmetrics' SqueezeNet LPIPS; this project has verified AlexNet / VGG weights only, so the
   backbone is ``task.lpips_net`` (a deviation, named in the rows' ``task_params``).
+
+The 8-bit rule is one function, :func:`to_uint8` (``floor(clamp(x, 0, 1) * 255 + 1e-4)``, see
+:data:`_QUANT_EPS`): the metrics score ``to_uint8(x) / 255`` (:func:`to_8bit`) and the edit task
+saves ``to_uint8(x)`` as its PNGs (:func:`eval.report.plots._save_png`), so a peer's evaluator
+(PnPInversion reads the PNG's bytes and divides by 255) re-scores exactly what was scored here.
 
 So the numbers grow with the mask's area (zeros agree perfectly), which is why the project's
 default (above) reduces over the region instead. Whether the region is empty is checked before
@@ -174,13 +182,28 @@ PIE_LEVELS = 255  # 8-bit images, as PnPInversion reads its PNG / JPEG files
 _QUANT_EPS = 1e-4  # an already 8-bit value times 255 may land a hair under its integer in float32
 
 
+def to_uint8(images: Tensor) -> Tensor:
+    """[0, 1] images as 8-bit levels, a ``torch.uint8`` tensor of the same shape: THE project's one
+    rule for "image tensor -> 8 bits", used both to score (:func:`to_8bit`, the ``piebench``
+    convention) and to save PNGs (:func:`eval.report.plots._save_png`), so a saved image reloaded
+    (``uint8 / 255``) scores bit for bit what the tensor scored.
+
+    The rule is PnPInversion's ``latent2image`` (``(x * 255).astype(np.uint8)`` after a clamp to
+    [0, 1]): TRUNCATION, not rounding, computed in the input's dtype; plus ``_QUANT_EPS`` so an image
+    that is 8-bit already (``k / 255``, a decoded PNG / JPEG) gives back exactly ``k`` despite the float
+    round-off of ``k / 255 * 255``.
+    """
+    return torch.floor(images.clamp(0, 1) * PIE_LEVELS + _QUANT_EPS).to(torch.uint8)
+
+
 def to_8bit(images: Tensor) -> Tensor:
-    """[0, 1] images truncated to 8 bits and back to [0, 1] (``(x * 255).astype(uint8) / 255``).
+    """[0, 1] images truncated to 8 bits and back to [0, 1] (``(x * 255).astype(uint8) / 255``):
+    :func:`to_uint8` divided by 255 in the input's dtype.
 
     An image that is 8-bit already (a decoded PNG / JPEG) is unchanged (``_QUANT_EPS`` absorbs the
     float round-off of ``k / 255 * 255``).
     """
-    return torch.floor(images.clamp(0, 1) * PIE_LEVELS + _QUANT_EPS) / PIE_LEVELS
+    return to_uint8(images).to(images.dtype) / PIE_LEVELS
 
 
 def pie_masked(images: Tensor, keep: Tensor) -> Tensor:
@@ -199,13 +222,35 @@ def pie_psnr(pred: Tensor, target: Tensor, keep: Tensor, data_range: float = DAT
     return 10.0 * torch.log10(data_range**2 / pie_mse(pred, target, keep))
 
 
-def pie_ssim(pred: Tensor, target: Tensor, keep: Tensor) -> Tensor:
-    """PIE-Bench ``ssim_unedit_part``: torchmetrics SSIM (its defaults, data range 1) of the zeroed images."""
+SSIM_BORDER_CROPS = (0, 5)  # ssim_border_crop: 0 = torchmetrics >= PR #2721 (1.9 here), 5 = before it
+LEGACY_SSIM_BORDER_CROP = 5  # (11 Gaussian taps - 1) // 2: what torchmetrics cut before September 2024
+
+
+def pie_ssim(pred: Tensor, target: Tensor, keep: Tensor, border_crop: int = 0) -> Tensor:
+    """PIE-Bench ``ssim_unedit_part``: torchmetrics SSIM (its defaults, data range 1) of the zeroed images.
+
+    ``border_crop`` (one of :data:`SSIM_BORDER_CROPS`): pixels dropped from each side of the SSIM map
+    before its mean. 0 (default): the whole H x W map, torchmetrics' behaviour since
+    Lightning-AI/torchmetrics PR #2721 ("correct the padding related calculation errors in SSIM",
+    merged September 2024, fixing issue #2718; torchmetrics 1.9 here). 5
+    (:data:`LEGACY_SSIM_BORDER_CROP`): the map without its 5-pixel border, as torchmetrics computed it
+    before that change (it reflect-padded the images by 5, then ALSO cut ``[5:-5, 5:-5]`` from the
+    H x W map), i.e. when PnPInversion / PIE-Bench's published tables were made: use it to compare
+    with those tables (one check in issue 25: 0.777 cropped vs 0.837 whole). Both maps are the same; only
+    the mean's support differs.
+    """
     _check(pred, target, "pie_ssim")
-    return structural_similarity_index_measure(
+    if border_crop not in SSIM_BORDER_CROPS:
+        raise ValueError(f"pie_ssim: border_crop must be one of {SSIM_BORDER_CROPS}, got {border_crop!r}")
+    if 2 * border_crop >= min(pred.shape[-2:]):
+        raise ValueError(f"pie_ssim: border_crop {border_crop} leaves nothing of {tuple(pred.shape[-2:])} images")
+    _, full = structural_similarity_index_measure(
         pie_masked(pred, keep).float(), pie_masked(target, keep).float(), gaussian_kernel=True, sigma=1.5,
-        kernel_size=11, reduction="none", data_range=DATA_RANGE, k1=0.01, k2=0.03,
-    ).reshape(-1).double()
+        kernel_size=11, reduction="none", data_range=DATA_RANGE, k1=0.01, k2=0.03, return_full_image=True,
+    )
+    c = border_crop
+    kept = full[..., c:full.shape[-2] - c, c:full.shape[-1] - c]
+    return kept.reshape(kept.shape[0], -1).mean(-1).double()
 
 
 def pie_lpips(lpips: object, pred: Tensor, target: Tensor, keep: Tensor) -> Tensor:

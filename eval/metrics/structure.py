@@ -26,6 +26,13 @@ folder, or a hub id looked up in the local hub cache), else torch-hub's cached
 concatenated into ``qkv``). The network is DINO's ``VisionTransformer`` forward written out
 (pre-norm blocks, LayerNorm eps 1e-6, exact GELU, DINO's bicubic position-embedding
 interpolation with its +0.1 offset when the patch grid differs from the trained one).
+
+Without DINO weights, :class:`StructureDistanceStandin` computes the same distance (steps 4-5 on
+the keys of the last layer's attention, CLS token included) on a stand-in ViT that ships with the
+world, the world CLIP's vision tower (``datasets/world/clip``). Its row is named
+``structure_distance_standin`` so that no table mixes its numbers with DINO's: the stand-in ranks
+methods against each other, it does not reproduce PIE-Bench's values. With DINO weights present
+the stand-in is unavailable and ``structure_distance`` is the real one.
 """
 
 from __future__ import annotations
@@ -295,4 +302,165 @@ class StructureDistance:
             raise RuntimeError(f"structure_distance unavailable: {reason}")
         images = to_8bit(torch.cat([pred, target]))  # PnPInversion reads 8-bit files
         keys = self._keys(dino_input(images, self.antialias))  # type: ignore[misc]
+        return structure_distance_from_keys(keys[: pred.shape[0]], keys[pred.shape[0]:])
+
+
+# ---------------------------------------------------------------- the stand-in: a CLIP ViT's keys, without DINO
+
+STANDIN_NAME = "structure_distance_standin"
+STANDIN_MODES = ("auto", "off")  # or a CLIPModel folder path
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's processors' default (OpenAI's)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def world_clip_folder() -> Path:
+    """The embedded world's CLIP (``datasets/world/clip``, a transformers ``CLIPModel`` folder)."""
+    from eval.world_data import world_dir
+
+    return world_dir() / "clip"
+
+
+def clip_image_stats(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a CLIP folder's processor normalises with: ``preprocessor_config.json`` or
+    ``processor_config.json``'s ``image_processor`` (the world CLIP's: 0.5, 0.5), else OpenAI's."""
+    import json
+
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        cfg = cfg.get("image_processor", cfg) if isinstance(cfg, dict) else {}
+        if "image_mean" in cfg and "image_std" in cfg:
+            return tuple(map(float, cfg["image_mean"])), tuple(map(float, cfg["image_std"]))
+    return CLIP_MEAN, CLIP_STD
+
+
+def standin_input(images: Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """[0, 1] images (B, 3, H, W) -> the CLIP tower's input: shorter side to ``size`` (bicubic,
+    antialiased, as CLIP's processors; the aspect kept and nothing cropped, the whole image as
+    DINO's ``Resize``), then the processor's normalisation of [0, 1] values."""
+    x = images.float()
+    h, w = x.shape[-2:]
+    new = (size, max(1, int(size * w / h))) if h <= w else (max(1, int(size * h / w)), size)
+    if new != (h, w):
+        x = F.interpolate(x, size=new, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+@dataclass
+class ClipKeys:
+    """The keys of the last encoder layer's self-attention of a transformers CLIP vision tower
+    (``vision_model.encoder.layers[-1].self_attn.k_proj``'s output, read by a forward hook): (B, 1 +
+    patches, hidden), all heads concatenated per token and the CLS token first, as DINO's keys."""
+
+    vision: torch.nn.Module  # a CLIPVisionTransformer (CLIPModel.vision_model)
+
+    @torch.no_grad()
+    def __call__(self, pixels: Tensor) -> Tensor:
+        size = int(self.vision.config.image_size)
+        self.vision.to(pixels.device)
+        caught: list[Tensor] = []
+        hook = self.vision.encoder.layers[-1].self_attn.k_proj.register_forward_hook(
+            lambda _m, _i, out: caught.append(out))
+        try:
+            self.vision(pixel_values=pixels, interpolate_pos_encoding=tuple(pixels.shape[-2:]) != (size, size))
+        finally:
+            hook.remove()
+        return caught[-1]
+
+
+def load_clip_vision(folder: Path) -> torch.nn.Module:
+    """A local ``CLIPModel`` folder's vision tower (eval mode, no grad), else :class:`DinoUnavailable`."""
+    if not (folder / "config.json").is_file():
+        raise DinoUnavailable(f"{STANDIN_NAME}: {folder} is not a CLIPModel folder (no config.json)")
+    from transformers import CLIPModel
+
+    try:
+        model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - a present but unreadable folder: report, never go random
+        raise DinoUnavailable(f"{STANDIN_NAME}: cannot load {folder}: {type(err).__name__}: {err}") from err
+    return model.vision_model.eval().requires_grad_(False)
+
+
+@dataclass
+class StructureDistanceStandin:
+    """PIE-Bench's structure distance computed on a STAND-IN ViT when no DINO ViT-B/8 file is here:
+    the same key self-similarity distance (:func:`structure_distance_from_keys`: cosine
+    self-similarity of the last layer's attention keys, CLS token included, norm product clamped at
+    1e-8, mean squared difference), the keys from a CLIP vision tower (:class:`ClipKeys`) instead of
+    DINO's. Its row is ``structure_distance_standin``, never ``structure_distance``: the numbers are
+    not DINO's (another network, 8x8 patches of a 64 px tower for the world's CLIP: 65 tokens, not
+    785), so they compare methods with each other, never with published PIE-Bench tables.
+
+    Inputs: both images cut to 8 bits (PnPInversion reads 8-bit files), then :func:`standin_input`
+    (the CLIP processor's own normalisation of [0, 1] values; DINO's 0-255 ImageNet quirk is not
+    copied, it belongs to DINO's pipeline and would put the CLIP tower far outside what it saw).
+
+    ``standin``: ``auto`` (the world's CLIP, ``datasets/world/clip``), ``off`` (no stand-in) or a
+    ``CLIPModel`` folder. ``dino``: the real metric (its weights decide): with DINO weights present the
+    stand-in is unavailable and the real ``structure_distance`` row carries the number.
+    """
+
+    standin: str | None = "auto"
+    dino: StructureDistance | None = None  # None: StructureDistance() (today's DINO look-up)
+    name: str = STANDIN_NAME
+    higher_is_better: bool = False
+    _keys: ClipKeys | None = field(default=None, init=False, repr=False)
+    _stats: tuple[tuple[float, ...], tuple[float, ...]] = field(default=(CLIP_MEAN, CLIP_STD), init=False, repr=False)
+    _reason: str | None = field(default=None, init=False, repr=False)
+    source: str | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.dino is None:
+            self.dino = StructureDistance()
+
+    def folder(self) -> Path | None:
+        """The CLIP folder ``standin`` names (None: ``off``)."""
+        mode = "auto" if self.standin is None else str(self.standin)
+        if mode == "off":
+            return None
+        return world_clip_folder() if mode == "auto" else Path(mode).expanduser()
+
+    def unavailable_reason(self) -> str | None:
+        if self._keys is not None or self._reason is not None:
+            return self._reason
+        folder = self.folder()
+        if folder is None:
+            self._reason = f"{STANDIN_NAME}: task.structure.standin=off (no stand-in for structure_distance)"
+        elif self.dino.unavailable_reason() is None:  # type: ignore[union-attr]
+            found = getattr(self.dino, "source", None) or "configured"
+            self._reason = (f"{STANDIN_NAME}: DINO ViT-B/8 weights are present ({found}); "
+                            "the real structure_distance row carries the number")
+        else:
+            try:
+                vision = load_clip_vision(folder)
+                self._keys, self._stats = ClipKeys(vision), clip_image_stats(folder)
+                self.source = f"stand-in: CLIP ViT keys of {folder} (last layer's k_proj, CLS included)"
+            except DinoUnavailable as err:
+                self._reason = str(err)
+        return self._reason
+
+    def describe(self) -> str:
+        """One line for notes: which network produced the number, or why none did."""
+        return self.source or self.unavailable_reason() or ""
+
+    @torch.no_grad()
+    def __call__(self, pred: Tensor, target: Tensor, prompts: list[str] | None = None) -> Tensor:
+        if pred.shape != target.shape or pred.ndim != 4:
+            raise ValueError(f"{STANDIN_NAME}: pred and target must both be (B, 3, H, W), got "
+                             f"{tuple(pred.shape)} and {tuple(target.shape)}")
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(f"{STANDIN_NAME} unavailable: {reason}")
+        keys_fn = self._keys
+        assert keys_fn is not None
+        images = to_8bit(torch.cat([pred, target]))
+        size = int(keys_fn.vision.config.image_size)
+        keys = keys_fn(standin_input(images, size, *self._stats))
         return structure_distance_from_keys(keys[: pred.shape[0]], keys[pred.shape[0]:])

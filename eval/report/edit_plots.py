@@ -8,7 +8,8 @@
   (:func:`eval.report.summary_stats.label_methods`).
   Any two metrics can be plotted (e.g. ``bg_psnr`` when CLIP weights are unavailable).
 - :func:`save_edit_images` keeps one pair's source, reconstruction and edit in a run folder
-  (``images/source``, ``images/reconstruction``, ``images/edit``); :func:`edit_grid` draws the
+  (``images/source``, ``images/reconstruction``, ``images/edit``) as the 8-bit images the
+  ``piebench`` metrics score (truncated, :func:`eval.metrics.masked.to_uint8`); :func:`edit_grid` draws the
   source then each method's edit, one row per pair, and :func:`run_edit_grid` gathers them
   from several run folders.
 - :func:`interpolation_strip`: the frames of one interpolation path side by side.
@@ -90,7 +91,14 @@ def edit_tradeoff(
 
 def save_edit_images(run_dir: str | Path, image_id: str, source: torch.Tensor, reconstruction: torch.Tensor,
                      edit: torch.Tensor) -> None:
-    """Keep one pair's images ((3, H, W) or (1, 3, H, W) in [0, 1]) as PNGs in ``run_dir``."""
+    """Keep one pair's images ((3, H, W) or (1, 3, H, W) in [0, 1]) as PNGs in ``run_dir``.
+
+    The files hold exactly what the ``piebench`` convention scores: each image is made 8-bit by
+    :func:`eval.metrics.masked.to_uint8` (truncation, PnPInversion's ``(x * 255).astype(uint8)``, the
+    rule :func:`eval.metrics.masked.to_8bit` scores with), never rounded. So PnPInversion's evaluator
+    (or :func:`eval.metrics.masked.pie_psnr` etc.) run on the reloaded PNGs (``uint8 / 255``) gives the
+    background metrics of the rows bit for bit (tests/test_scored_images.py).
+    """
     base, name = Path(run_dir) / IMAGES_DIR, image_file_name(image_id)
     for folder, image in ((SOURCE_DIR, source), (RECON_DIR, reconstruction), (EDIT_DIR, edit)):
         _save_png(image.reshape(-1, *image.shape[-3:])[0], base / folder / name)

@@ -213,15 +213,21 @@ def image_file_name(image_id: str) -> str:
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
+    """One (3, H, W) [0, 1] image as an 8-bit RGB PNG, by :func:`eval.metrics.masked.to_uint8`: the same
+    truncation the ``piebench`` metrics score (PnPInversion's ``(x * 255).astype(uint8)``), not
+    rounding, so the file reloaded (``uint8 / 255``) scores bit for bit what the tensor scored."""
     from PIL import Image
 
+    from eval.metrics.masked import to_uint8
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    array = (_to_hwc(image) * 255.0 + 0.5).astype(np.uint8)
+    array = to_uint8(image.detach()).permute(1, 2, 0).cpu().numpy()
     Image.fromarray(array).save(path)
 
 
 def save_run_images(run_dir: str | Path, image_id: str, source: torch.Tensor, reconstruction: torch.Tensor) -> None:
-    """Keep one image's source and reconstruction ((3, H, W) or (1, 3, H, W) in [0, 1]) as PNGs in ``run_dir``."""
+    """Keep one image's source and reconstruction ((3, H, W) or (1, 3, H, W) in [0, 1]) as PNGs in ``run_dir``
+    (8 bits by truncation, :func:`_save_png`)."""
     base = Path(run_dir) / IMAGES_DIR
     name = image_file_name(image_id)
     _save_png(source.reshape(-1, *source.shape[-3:])[0], base / SOURCE_DIR / name)

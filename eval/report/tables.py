@@ -81,6 +81,7 @@ PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("bg_lpips", "bg LPIPS", "{:.4f}"),
     ("bg_mse", "bg MSE", "{:.4g}"),
     ("structure_distance", "structure dist.", "{:.4g}"),
+    ("structure_distance_standin", "structure dist. (stand-in: world CLIP ViT)", "{:.4g}"),
     ("lpips_to_source", "LPIPS to source", "{:.4f}"),
     ("clip_whole", "CLIP target", "{:.2f}"),
     ("clip_edited", "CLIP edited region", "{:.2f}"),

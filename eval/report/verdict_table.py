@@ -24,7 +24,8 @@ from eval.report.summary_stats import FAILURE_RATE, TIME_TOTAL, label_methods
 VERDICT_METRICS: tuple[tuple[str, str], ...] = (
     ("psnr", "PSNR"), (FAILURE_RATE, "fail rate"), ("lpips", "LPIPS"), ("ssim", "SSIM"), ("clip_score", "CLIP"),
     ("edit_success", "edit success"), ("bg_psnr", "bg PSNR"), ("bg_lpips", "bg LPIPS"), ("clip_whole", "CLIP target"),
-    ("structure_distance", "structure dist."), ("lpips_to_source", "LPIPS to source"),
+    ("structure_distance", "structure dist."), ("structure_distance_standin", "structure dist. (stand-in)"),
+    ("lpips_to_source", "LPIPS to source"),
     (TIME_TOTAL, "time"), ("time_invert_s", "invert time"), ("time_edit_s", "edit time"),
     ("overhead_ratio", "x network"),
 )

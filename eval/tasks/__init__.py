@@ -26,6 +26,7 @@ TASKS = {
     "edit": "eval.tasks.edit:Edit",
     "interpolate": "eval.tasks.interpolate:Interpolate",
     "exact": "eval.tasks.exact:Exact",
+    "edit_chain": "eval.tasks.edit_chain:EditChain",
 }
 
 

@@ -18,12 +18,16 @@ The ``inverter`` column is ``<inverter>+<editor>`` (PIE-Bench's ``ddim+p2p`` nam
 LPIPS to the source, target and reconstruction PSNR; :mod:`eval.metrics.edit` documents each),
 and ``nfe_forward`` / ``time_invert_s`` (one inversion), ``nfe_forward_edit`` / ``time_edit_s``
 (one edit; a P2P pass runs the source/target pair as one batch and counts once). With
-``task.save_images`` each pair's source, reconstruction and edit are kept as PNGs in the run folder.
+``task.save_images`` each pair's source, reconstruction and edit are kept as PNGs in the run folder,
+8-bit by truncation (:func:`eval.metrics.masked.to_uint8`): exactly the images the ``piebench``
+metrics score. Each source's inversion is cached per inverter (:mod:`eval.cache`, ``inversion``):
+every editor of a sweep edits the same inversion, timed once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -37,6 +41,7 @@ from eval.metrics.base import Metric, Sample
 from eval.metrics.diagnostics import EDIT_METRIC_ORDER, directions
 from eval.metrics.edit import build_edit_metrics
 from eval.metrics.scoring import score
+from eval.cache import result_from_tensors, result_to_tensors
 from eval.prepare import cached_conditioning, cached_image, image_cache_key
 from eval.settings import RunSettings, settings_for_task
 from eval.task import AdapterSource, Fail, Skip, TaskRun, Value, one_line
@@ -49,19 +54,33 @@ from gnri.edit.p2p import p2p_edit
 from gnri.images import fit_to_size, load_image
 from gnri.models.base import ModelAdapter
 
-EDITORS = ("prompt_swap", "p2p", "v_inject")
+# Editors with the one editor contract, by name -> "module:function":
+#   fn(adapter, result, grid, source_cond, target_cond, *, denoiser, x0, **options) -> the edited latent
+# (source/target: the two captions' conditioning at the edit guidance; x0: the source's clean latent).
+# prompt_swap, p2p and direct_inversion_p2p (PIE-Bench's "PnP Inversion": Direct Inversion with
+# Prompt-to-Prompt, options task.p2p and task.direct_inversion) are written below (they take the captions).
+CONTRACT_EDITORS = {
+    "v_inject": "eval.tasks.edit:value_injection",
+    "sdedit": "gnri.edit.sdedit:edit",
+    "direct_inversion": "gnri.edit.direct_inversion:edit",
+    "pnp": "gnri.edit.pnp:edit",
+    "turboedit": "gnri.edit.turboedit:edit",
+}
+EDITORS = ("prompt_swap", "p2p", "direct_inversion_p2p", *CONTRACT_EDITORS)
 FROM_OPTIONS = "from task.clip"  # Edit.create's default: build the CLIP metric from the task's options
 
 
 @dataclass
 class EditSettings:
-    """How edits are made: the editor, its guidance and negative prompt, Prompt-to-Prompt's options."""
+    """How edits are made: the editor, its guidance and negative prompt, and the editor's own options
+    (``p2p`` / ``v_inject`` by their historical fields, any other editor's in ``options``)."""
 
     editor: str = "prompt_swap"
     guidance_scale: float | None = None  # None: the inversion's guidance scale
     negative_prompt: str = ""
     p2p: dict[str, Any] = field(default_factory=dict)  # gnri.edit.p2p_edit keyword arguments
     v_inject: dict[str, Any] = field(default_factory=dict)  # gnri.edit.v_injection.injected_edit keyword arguments
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of any other editor
 
     def __post_init__(self) -> None:
         if self.editor not in EDITORS:
@@ -69,45 +88,86 @@ class EditSettings:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> EditSettings:
-        """From the task config's keys (``editor``, ``edit_guidance_scale``, ``negative_prompt``, ``p2p``, ``v_inject``)."""
-        return cls(options.get("editor", "prompt_swap"), options.get("edit_guidance_scale"),
-                   options.get("negative_prompt", ""), dict(options.get("p2p") or {}),
-                   dict(options.get("v_inject") or {}))
+        """From the task config's keys (``editor``, ``edit_guidance_scale``, ``negative_prompt`` and
+        the editor's own block, ``task.<editor>``)."""
+        editor = options.get("editor", "prompt_swap")
+        block = "direct_inversion" if editor == "direct_inversion_p2p" else editor
+        own = {} if editor in ("prompt_swap", "p2p", "v_inject") else dict(options.get(block) or {})
+        return cls(editor, options.get("edit_guidance_scale"), options.get("negative_prompt", ""),
+                   dict(options.get("p2p") or {}), dict(options.get("v_inject") or {}), own)
 
-    def options(self) -> dict[str, Any]:
-        """What enters the provenance and the unit key (the editor's own options only where it is chosen)."""
+    def editor_options(self) -> dict[str, Any]:
+        """The chosen editor's keyword arguments."""
+        return {"p2p": self.p2p, "v_inject": self.v_inject}.get(self.editor, self.options)
+
+    def provenance(self) -> dict[str, Any]:
+        """What enters the provenance (the editor's own options only where it is chosen)."""
         out: dict[str, Any] = {"editor": self.editor, "edit_guidance_scale": self.guidance_scale,
                                "negative_prompt": self.negative_prompt}
-        if self.editor == "p2p":
-            out["p2p"] = self.p2p
-        if self.editor == "v_inject":
-            out["v_inject"] = self.v_inject
+        if self.editor == "direct_inversion_p2p":
+            out.update(p2p=self.p2p, direct_inversion=self.options)
+        elif self.editor != "prompt_swap":
+            out[self.editor] = self.editor_options()
         return out
 
 
-def make_edit(adapter: ModelAdapter, settings: EditSettings, counting: Any, result: InversionResult, grid: Any,
-              entry: EditEntry, scale: float, true_cfg_scale: float = 1.0) -> Tensor:
-    """The edited latent of one pair with the chosen editor (:class:`Skip` where it does not apply)."""
-    if settings.editor == "p2p":
-        try:
-            _, target = p2p_edit(
-                adapter, result, grid, [entry.caption or ""], [entry.target_caption or ""], scale,
-                settings.negative_prompt, denoiser=counting, **settings.p2p,
-            )
-        except ValueError as err:
-            raise Skip(f"does not apply: {one_line(err)}") from None
-        return target
-    if settings.editor == "v_inject":  # RF-Edit / FireFlow: source values in Flux's single blocks
-        from gnri.edit.v_injection import injected_edit
+def value_injection(adapter: ModelAdapter, result: InversionResult, grid: Any, source: Any, target: Any, *,
+                    denoiser: Any, x0: Tensor, **options: Any) -> Tensor:
+    """RF-Edit's / FireFlow's value injection (:func:`gnri.edit.v_injection.injected_edit`) under the editor contract."""
+    from gnri.edit.v_injection import injected_edit
 
-        source, target_cond = (edit_conditioning(adapter, [c or ""], scale, settings.negative_prompt, true_cfg_scale)
-                               for c in (entry.caption, entry.target_caption))
-        try:
-            return injected_edit(adapter, result, grid, source, target_cond, denoiser=counting, **settings.v_inject)
-        except ValueError as err:
-            raise Skip(f"does not apply: {one_line(err)}") from None
-    cond = edit_conditioning(adapter, [entry.target_caption or ""], scale, settings.negative_prompt, true_cfg_scale)
+    return injected_edit(adapter, result, grid, source, target, denoiser=denoiser, **options)
+
+
+def _contract_editor(name: str) -> Any:
+    module, _, function = CONTRACT_EDITORS[name].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _direct_inversion_p2p(adapter: ModelAdapter, settings: EditSettings, counting: Any, result: InversionResult,
+                          grid: Any, captions: tuple[str, str], source: Any, target: Any, x0: Tensor | None) -> Tensor:
+    """Direct Inversion with Prompt-to-Prompt's attention control (``cure-lab/PnPInversion``'s
+    ``directinversion+p2p``): :func:`gnri.edit.direct_inversion.edit` with a P2P controller."""
+    from gnri.edit import direct_inversion
+    from gnri.edit.p2p import make_controller
+
+    controller = make_controller(adapter.prompt_tokenizer(), [captions[0]], [captions[1]], grid.num_steps,
+                                 **settings.p2p)
+    attention = direct_inversion.p2p_attention(adapter, grid, controller)
+    return direct_inversion.edit(adapter, result, grid, source, target, denoiser=counting, x0=x0,
+                                 attention=attention, **settings.options)
+
+
+def make_edit(adapter: ModelAdapter, settings: EditSettings, counting: Any, result: InversionResult, grid: Any,
+              entry: EditEntry, scale: float, true_cfg_scale: float = 1.0, x0: Tensor | None = None) -> Tensor:
+    """The edited latent of one pair with the chosen editor (:class:`Skip` where it does not apply:
+    the editor raised ValueError)."""
+    captions = (entry.caption or "", entry.target_caption or "")
+    try:
+        if settings.editor == "p2p":
+            return p2p_edit(adapter, result, grid, [captions[0]], [captions[1]], scale, settings.negative_prompt,
+                            denoiser=counting, **settings.p2p)[1]
+        if settings.editor in CONTRACT_EDITORS or settings.editor == "direct_inversion_p2p":
+            source, target = (edit_conditioning(adapter, [c], scale, settings.negative_prompt, true_cfg_scale)
+                              for c in captions)
+            options = settings.editor_options()
+            if settings.editor == "direct_inversion_p2p":
+                return _direct_inversion_p2p(adapter, settings, counting, result, grid, captions, source, target, x0)
+            return _contract_editor(settings.editor)(adapter, result, grid, source, target, denoiser=counting,
+                                                     x0=x0, **options)
+    except ValueError as err:
+        raise Skip(f"does not apply: {one_line(err)}") from None
+    cond = edit_conditioning(adapter, [captions[1]], scale, settings.negative_prompt, true_cfg_scale)
     return prompt_swap(counting, result, grid, cond)
+
+
+@dataclass(frozen=True)
+class CachedInversion:
+    """A source's inversion with the seconds and forward NFE its timed call took."""
+
+    result: InversionResult
+    seconds: float
+    nfe_forward: int
 
 
 @dataclass
@@ -126,11 +186,11 @@ class Edit(TaskRun):
                **resources: Any) -> Edit:
         options = settings.task_params
         edit = EditSettings.from_options(options)
-        params = {**dict(settings.inverter_params), **edit.options()}
+        params = {**dict(settings.inverter_params), **edit.provenance()}
         built = build_edit_metrics(
             convention=str(options.get("mask_convention", "region")), lpips_net=options.get("lpips_net", "alex"),
             lpips_cache=lpips_cache, clip=_clip_options(options.get("clip")) if clip is FROM_OPTIONS else clip,
-            structure=dict(options.get("structure") or {}),
+            structure=dict(options.get("structure") or {}), ssim_border_crop=int(options.get("ssim_border_crop", 0)),
         )
         keep = bool(options.get("save_images", True)) if save_images is None else save_images
         return cls(settings, adapter, f"{settings.inverter}+{edit.editor}", params, shard, inverter,
@@ -160,16 +220,10 @@ class Edit(TaskRun):
         scale = s.guidance_scale if self.edit.guidance_scale is None else self.edit.guidance_scale
 
         def edit_from(result: InversionResult) -> Tensor:
-            return make_edit(adapter, self.edit, counting, result, grid, entry, scale, s.true_cfg_scale)
+            return make_edit(adapter, self.edit, counting, result, grid, entry, scale, s.true_cfg_scale, latent)
 
-        if not self.warmed:
-            with torch.no_grad():
-                warm_up(lambda: edit_from(invert_once(self.inverter, counting, latent, grid, cond)), s.warmup)
-            self.warmed = True
-        timed = timed_inversion(self.inverter, counting, latent, grid, cond, device=latent.device)
-        result = timed.result
-        if not bool(torch.isfinite(result.z).all()):
-            raise Fail(diverged_reason(result.z, "inversion") or "")
+        inverted = self.inversion(image_cache_key(s, adapter, entry), counting, latent, grid, cond, edit_from)
+        result = inverted.result
         with torch.no_grad():
             recon = check_finite(adapter.decode_latents(reconstruct(adapter.denoiser(), result, grid, cond)),
                                  "reconstructed image")
@@ -182,9 +236,38 @@ class Edit(TaskRun):
             from eval.report.edit_plots import save_edit_images
 
             save_edit_images(Path(s.out_dir), entry.image_id, source, recon, edit)
-        values: dict[str, Value] = {"nfe_forward": timed.nfe_forward, "nfe_forward_edit": counting.counter.forward,
-                                    "time_invert_s": timed.seconds, "time_edit_s": edited.median_s}
+        values: dict[str, Value] = {"nfe_forward": inverted.nfe_forward, "nfe_forward_edit": counting.counter.forward,
+                                    "time_invert_s": inverted.seconds, "time_edit_s": edited.median_s}
         return {**values, **score(self.metrics, self.sample(entry, source, recon, edit))}
+
+    def inversion(self, image_key: dict[str, Any], counting: CountingDenoiser, latent: Tensor, grid: Any, cond: Any,
+                  edit_from: Callable[[InversionResult], Tensor]) -> CachedInversion:
+        """The source's inversion: from the sweep's cache (made by an earlier job of the same inverter,
+        with the seconds and NFE measured then), or warmed up, timed and stored."""
+        s = self.settings
+        key = {**image_key, "inverter": s.inverter, "inverter_params": dict(s.inverter_params),
+               "schedule": asdict(s.schedule), "seed": s.seed, **s.guidance_options()}
+        hit = self.cache.get("inversion", key, latent.device)
+        if hit is not None:
+            tensors, meta = hit
+            if not self.warmed:
+                with torch.no_grad():
+                    warm_up(lambda: edit_from(result_from_tensors(tensors, meta["result"])), s.warmup)
+                self.warmed = True
+            return CachedInversion(result_from_tensors(tensors, meta["result"]), float(meta["seconds"]),
+                                   int(meta["nfe_forward"]))
+        if not self.warmed:
+            with torch.no_grad():
+                warm_up(lambda: edit_from(invert_once(self.inverter, counting, latent, grid, cond)), s.warmup)
+            self.warmed = True
+        timed = timed_inversion(self.inverter, counting, latent, grid, cond, device=latent.device)
+        if not bool(torch.isfinite(timed.result.z).all()):
+            raise Fail(diverged_reason(timed.result.z, "inversion") or "")
+        stored = result_to_tensors(timed.result)
+        if stored is not None:
+            self.cache.put("inversion", key, stored[0], {"result": stored[1], "seconds": timed.seconds,
+                                                         "nfe_forward": timed.nfe_forward})
+        return CachedInversion(timed.result, timed.seconds, timed.nfe_forward)
 
     def sample(self, entry: EditEntry, source: Tensor, recon: Tensor, edit: Tensor) -> Sample:
         """What the edit metrics read: the edit against its source, region, target and reconstruction."""
@@ -230,7 +313,7 @@ def evaluate_edits(
     from eval.tasks import run as run_task
 
     edit = settings or EditSettings()
-    options = {**edit.options(), "lpips_net": lpips_net}
+    options = {**edit.provenance(), "lpips_net": lpips_net}
     run_settings = settings_for_task(run, schedule, inverter_name, "edit", options, fields)
     return run_task(run_settings, adapter, inverter, dataset, shard=shard, on_rows=on_rows,
                     clip=clip, lpips_cache=lpips_cache, save_images=save_images)
