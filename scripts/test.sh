@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Set up .venv if needed, then run the whole test suite (CPU only, offline).
+# Set up .venv if needed, then run the whole test suite (CPU only, offline) on TEST_WORKERS pytest-xdist
+# workers (default 2, one per core of the 2-core machines), each torch process single-threaded
+# (OMP_NUM_THREADS=1: two multi-threaded torch processes on two cores slow each other 10x and more).
+# Extra arguments go to pytest (e.g. tests/test_task_frame.py, -k edit, -n 0 for one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export HF_HUB_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest "$@"
+export HF_HUB_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" "$@"

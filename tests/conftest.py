@@ -10,6 +10,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one thread per worker, or N workers fight over the cores
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 

@@ -73,7 +73,8 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_a_new_task_is_one_file_and_one_config(toy: tuple[Path, Path], tmp_path: Path) -> None:
     package, conf = toy
-    before = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    git_status = ["git", "status", "--porcelain", "--", "conf", "eval", "gnri", "run.py"]  # what a new task would touch
+    before = subprocess.run(git_status, cwd=ROOT, capture_output=True, text=True).stdout
     env = {**os.environ, "PYTHONPATH": f"{package}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     out = subprocess.run(
@@ -87,7 +88,7 @@ def test_a_new_task_is_one_file_and_one_config(toy: tuple[Path, Path], tmp_path:
     assert status == [{"ok"}, {"skipped"}, {"failed"}]
     assert (rows[rows["metric"] == "toy_scale"]["value"].dropna() == 2.5).all()
     assert "RuntimeError: the toy fails its third image" in set(rows["reason"])
-    after = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    after = subprocess.run(git_status, cwd=ROOT, capture_output=True, text=True).stdout
     assert before == after
 
 
