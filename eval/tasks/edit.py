@@ -150,11 +150,10 @@ def make_edit(adapter: ModelAdapter, settings: EditSettings, counting: Any, resu
         if settings.editor in CONTRACT_EDITORS or settings.editor == "direct_inversion_p2p":
             source, target = (edit_conditioning(adapter, [c], scale, settings.negative_prompt, true_cfg_scale)
                               for c in captions)
-            options = settings.editor_options()
             if settings.editor == "direct_inversion_p2p":
                 return _direct_inversion_p2p(adapter, settings, counting, result, grid, captions, source, target, x0)
             return _contract_editor(settings.editor)(adapter, result, grid, source, target, denoiser=counting,
-                                                     x0=x0, **options)
+                                                     x0=x0, **settings.editor_options())
     except ValueError as err:
         raise Skip(f"does not apply: {one_line(err)}") from None
     cond = edit_conditioning(adapter, [captions[1]], scale, settings.negative_prompt, true_cfg_scale)
@@ -250,12 +249,12 @@ class Edit(TaskRun):
         hit = self.cache.get("inversion", key, latent.device)
         if hit is not None:
             tensors, meta = hit
+            cached = result_from_tensors(tensors, meta["result"])
             if not self.warmed:
                 with torch.no_grad():
-                    warm_up(lambda: edit_from(result_from_tensors(tensors, meta["result"])), s.warmup)
+                    warm_up(lambda: edit_from(cached), s.warmup)
                 self.warmed = True
-            return CachedInversion(result_from_tensors(tensors, meta["result"]), float(meta["seconds"]),
-                                   int(meta["nfe_forward"]))
+            return CachedInversion(cached, float(meta["seconds"]), int(meta["nfe_forward"]))
         if not self.warmed:
             with torch.no_grad():
                 warm_up(lambda: edit_from(invert_once(self.inverter, counting, latent, grid, cond)), s.warmup)
