@@ -420,6 +420,10 @@ def validated_dataset(cfg: DictConfig) -> Any:
         if edit_scale is not None:
             validate.check_guidance(names["model"], model_cfg, edit_scale, true_cfg,  # type: ignore[arg-type]
                                     option="task.edit_guidance_scale")
+        generation_scale = cfg.task.get("generation_guidance_scale") if "task" in cfg else None
+        if generation_scale is not None:
+            validate.check_guidance(names["model"], model_cfg, generation_scale, true_cfg,  # type: ignore[arg-type]
+                                    option="task.generation_guidance_scale")
         validate.check_dataset_config(names["dataset"], cfg.dataset)
         try:
             dataset = instantiate(cfg.dataset)
@@ -428,7 +432,10 @@ def validated_dataset(cfg: DictConfig) -> Any:
             raise validate.ConfigError(f"dataset={names['dataset']}: {str(cause).strip().splitlines()[0]}") from None
         task = cfg.task.name if "task" in cfg else "reconstruct"
         try:
-            task_class(str(task), cfg.task.get("_target_") if "task" in cfg else None)
+            cls = task_class(str(task), cfg.task.get("_target_") if "task" in cfg else None)
+            check_options = getattr(cls, "check_options", None)  # a task's own one-line option checks
+            if check_options is not None and "task" in cfg:
+                check_options(OmegaConf.to_container(cfg.task, resolve=True))
         except ValueError as err:
             raise validate.ConfigError(str(err)) from None
         validate.check_task_fits(str(task), names["dataset"], list(dataset))

@@ -158,7 +158,10 @@ def terminal_summary(df: pd.DataFrame, run_dir: str | Path) -> str:
                                 ("time_invert_s", "invert", " s"), ("overhead_ratio", "x network", ""),
                                 ("nfe_forward", "NFE", ""), ("edit_success", "edit success", ""),
                                 ("clip_whole", "CLIP", ""), ("exact_image_psnr", "exact PSNR", " dB"),
-                                ("chain_all_success", "chain success", ""), ("chain_time_s", "chain", " s")):
+                                ("chain_all_success", "chain success", ""), ("chain_time_s", "chain", " s"),
+                                ("rare_concept_accuracy", "concept accuracy", ""), ("rare_concept_clip", "CLIP", ""),
+                                ("rare_concept_time_s", "per concept", " s"), ("interp_valid_frac", "valid scenes", ""),
+                                ("interp_lpips_step_mean", "LPIPS step", "")):
         value = _mean(df, metric)
         if value is not None:
             parts.append(f"{label} {_fmt(value)}{unit}")

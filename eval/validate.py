@@ -300,6 +300,8 @@ DOWNLOAD_HINTS = {
             "and set dataset.path=<coco>/annotations/captions_val2017.json dataset.images=<coco>/val2017",
     "piebench": "get PIE-Bench (the form linked from https://github.com/cure-lab/PnPInversion) and set "
                 "dataset.path=<PIE-Bench>/data (the folder with mapping_file.json and annotation_images/)",
+    "concepts": "give a folder <path>/{head,medium,tail}/<concept>/<images> of real images per concept "
+                "(e.g. ImageNet-1k classes binned by LAION-2B frequency) as dataset.path=<path>",
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from eval.data import Entry
 
 WORLD_MODELS = ("sd", "flux")
+WORLD_VARIANTS = ("world", "world_longtail")  # folders under datasets/: the world's models, the long-tailed world's
 
 
 def world_dir() -> Path:
@@ -66,17 +67,26 @@ def world_dataset(
     return entries
 
 
-def world_adapter(model: str = "sd", folder: str | Path | None = None, **options: object) -> object:
+def world_model_folder(model: str = "sd", folder: str | Path | None = None, variant: str = "world") -> Path:
+    """``folder`` if given, else ``datasets/<variant>/<model>`` (one-line errors for bad values)."""
+    if model not in WORLD_MODELS:
+        raise ValueError(f"model.model must be one of {WORLD_MODELS}, got {model!r}")
+    if variant not in WORLD_VARIANTS:
+        raise ValueError(f"model.variant must be one of {WORLD_VARIANTS}, got {variant!r}")
+    return Path(folder) if folder is not None else world_dir().parent / variant / model
+
+
+def world_adapter(model: str = "sd", folder: str | Path | None = None, variant: str = "world",
+                  **options: object) -> object:
     """An adapter for one of the embedded world's trained pipelines (``sd`` or ``flux``).
 
-    ``folder`` defaults to ``datasets/world/<model>``; ``options`` go to
-    :func:`gnri.models.load_adapter` (device, dtype, name, ...).
+    ``folder`` defaults to ``datasets/<variant>/<model>`` (``variant`` ``world``, or
+    ``world_longtail``: the models trained on the long-tailed world, :mod:`eval.world.longtail`);
+    ``options`` go to :func:`gnri.models.load_adapter` (device, dtype, name, ...).
     """
     from gnri.models import load_adapter
 
-    if model not in WORLD_MODELS:
-        raise ValueError(f"model.model must be one of {WORLD_MODELS}, got {model!r}")
-    path = Path(folder) if folder is not None else world_dir() / model
+    path = world_model_folder(model, folder, variant)
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(
             f"model.folder: {str(path)!r} holds no diffusers pipeline (train it: python -m scripts.world.train_all)"
@@ -84,9 +94,9 @@ def world_adapter(model: str = "sd", folder: str | Path | None = None, **options
     return load_adapter(model, str(path), **options)
 
 
-def world_weights(model: str = "sd", folder: str | Path | None = None, **_: object) -> Path:
+def world_weights(model: str = "sd", folder: str | Path | None = None, variant: str = "world", **_: object) -> Path:
     """The folder :func:`world_adapter` loads for these arguments (for the checkpoint's identity)."""
-    return Path(folder) if folder is not None else world_dir() / model
+    return world_model_folder(model, folder, variant)
 
 
 world_adapter.weights_location = world_weights  # type: ignore[attr-defined]  # read by eval.identity

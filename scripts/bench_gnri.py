@@ -53,7 +53,8 @@ from gnri.methods import anderson, gnri, gnri_2x, gnri_official, newton_krylov  
 from gnri.models.base import ScheduleSpec  # noqa: E402
 from gnri.models.tiny import tiny_adapter  # noqa: E402
 
-KINDS = {"sd": "ddim", "sdxl": "euler", "flux": "flow_euler", "world_sd": "euler", "world_flux": "flow_euler"}
+KINDS = {"sd": "ddim", "sdxl": "euler", "flux": "flow_euler", "world_sd": "euler", "world_flux": "flow_euler",
+         "world_longtail_sd": "euler", "world_longtail_flux": "flow_euler"}
 
 
 @dataclass
@@ -290,7 +291,8 @@ def load_model(name: str, device: str = "cpu") -> Any:
     if name.startswith("world_"):
         from eval.world_data import world_adapter
 
-        return world_adapter(name.removeprefix("world_"), name=name, device=device)
+        variant, _, family = name.rpartition("_")  # world_sd -> world; world_longtail_flux -> world_longtail
+        return world_adapter(family, variant=variant, name=name, device=device)
     return tiny_adapter(name, device=device)
 
 
@@ -389,7 +391,8 @@ def _ratio(network: InRunNetwork) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="GNRI variants vs DDIM inversion and fixed point, one model.")
     parser.add_argument("--model", choices=tuple(KINDS), default="sd",
-                        help="tiny model family, or world_sd / world_flux (the embedded world's trained models)")
+                        help="tiny model family, or world_sd / world_flux (the embedded world's trained models), "
+                             "world_longtail_sd / world_longtail_flux (trained on the long-tailed world; used for no tuning)")
     parser.add_argument("--kind", choices=("ddim", "euler", "euler_ancestral", "flow_euler"), default=None,
                         help="schedule kind (default: ddim for sd, euler for sdxl and world_sd, flow_euler for flux)")
     parser.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default=None,

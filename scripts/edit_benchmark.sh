@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Editing benchmark on the embedded world in the paper's few-step regime: 100 edit pairs balanced over the
 # five edit types (dataset.per_type=20), on the world UNet at Euler 4 trailing steps
-# (conf/experiment/world_edit_fewstep.yaml: every inverter with prompt swap, Prompt-to-Prompt,
-# Plug-and-Play and Direct Inversion + P2P; SDEdit and TurboEdit once, as they use no inversion) and on
+# (conf/experiment/world_edit_fewstep.yaml: every inverter with prompt swap and Prompt-to-Prompt;
+# Plug-and-Play and Direct Inversion + P2P on the DDIM inversion their papers use, and on GNRI's;
+# SDEdit and TurboEdit once, as they use no inversion) and on
 # its flow model at 4 steps (world_flow_edit_fewstep.yaml: every flow inverter with prompt swap, and
 # RF-Solver / FireFlow with value injection); then one table, the paired verdicts of every method against
 # ddim+prompt_swap and the editing figures under $OUT/report (1133 s measured on the 2-core CPU, alone).
@@ -18,8 +19,9 @@ START=$SECONDS
 OUT=${OUT:-outputs/edit_benchmark/$(date +%Y-%m-%d_%H-%M-%S)}
 PARALLEL=(hydra/launcher=joblib "hydra.launcher.n_jobs=${JOBS:-2}" progress=false "cache_dir=$OUT/.cache")
 run() { .venv/bin/python run.py -m "${PARALLEL[@]}" "$@"; }
-run experiment=world_edit_fewstep task.editor=prompt_swap,p2p,pnp,direct_inversion_p2p \
-  hydra.sweep.dir="$OUT/unet" "${@:1}"
+run experiment=world_edit_fewstep task.editor=prompt_swap,p2p hydra.sweep.dir="$OUT/unet" "${@:1}"
+run experiment=world_edit_fewstep inverter=ddim,gnri task.editor=pnp,direct_inversion_p2p \
+  hydra.sweep.dir="$OUT/unet_attn" "${@:1}"
 run experiment=world_edit_fewstep inverter=ddim task.editor=sdedit,turboedit hydra.sweep.dir="$OUT/unet_free" "${@:1}"
 run experiment=world_flow_edit_fewstep hydra.sweep.dir="$OUT/flow" "${@:1}"
 run experiment=world_flow_edit_fewstep inverter=rf_solver,fireflow task.editor=v_inject \

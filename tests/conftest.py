@@ -43,3 +43,15 @@ def tiny_sdxl_adapter():
 def tiny_flux_adapter():
     """FLUX.1-dev-shaped: guidance embedding (fed encode_prompts' guidance_scale), dynamic shift, packed 64 x 16 latents."""
     return tiny_adapter("flux")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Test files by how many of their tests are marked ``slow`` (end-to-end runs of seconds to minutes),
+    most first; each file's tests together and in order (its module fixtures are built once). Under
+    ``pytest -n N --dist loadfile --no-loadscope-reorder`` (scripts/test.sh) the workers start on the
+    long files and end on short ones, instead of one worker starting a long file while the other has run
+    out of work."""
+    slow: dict[object, int] = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])  # a stable sort: file order among equals

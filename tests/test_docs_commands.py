@@ -419,6 +419,7 @@ def test_the_extraction_finds_the_documented_commands() -> None:
     assert len(texts) >= 40
 
 
+@pytest.mark.slow
 def test_every_documented_command_composes_and_validates(checker: RunChecker) -> None:
     problems = []
     for command in all_commands():

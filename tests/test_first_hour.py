@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from eval.records import RESULTS_FILE, read_records
+from run_many import run_in_one_process  # noqa: E402 - tests/run_many.py
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["warmup=0", "progress=false", "time_network=false", "schedule.num_steps=2"]
@@ -37,15 +36,15 @@ def test_the_resume_command_pins_the_run_folder(run_module: ModuleType) -> None:
     assert cmd == "python /repo/run.py hydra.run.dir=/a"
 
 
+@pytest.mark.slow
 def test_dataset_max_images_is_accepted_on_every_dataset(run_module: ModuleType, tmp_path: Path) -> None:
     assert run_module.inverter_overrides(["dataset.max_images=4", "max_images=2"]) == [
         "++dataset.max_images=4", "max_images=2"]
-    for dataset in (["dataset=folder", f"dataset.path={ROOT / 'datasets' / 'sample'}"], ["dataset=sample"]):
-        out = tmp_path / dataset[0].split("=")[1]
-        proc = subprocess.run(
-            [sys.executable, "run.py", *dataset, "dataset.max_images=1", *FAST, f"hydra.run.dir={out}"],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        df = read_records(out / RESULTS_FILE)
+    datasets = {"folder": ["dataset=folder", f"dataset.path={ROOT / 'datasets' / 'sample'}"], "sample": ["dataset=sample"]}
+    # both runs in one process (tests/run_many.py: run.py's __main__ once per run)
+    codes = run_in_one_process([(name, [*dataset, "dataset.max_images=1", *FAST, f"hydra.run.dir={tmp_path / name}"])
+                                for name, dataset in datasets.items()], tmp_path / "logs", timeout=600)
+    for name, dataset in datasets.items():
+        assert codes[name] == 0, (tmp_path / "logs" / f"{name}.err").read_text(encoding="utf-8")[-2000:]
+        df = read_records(tmp_path / name / RESULTS_FILE)
         assert df["image"].nunique() == 1, dataset

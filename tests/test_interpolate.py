@@ -76,3 +76,30 @@ def test_interpolation_rows(tiny_sd_adapter, tmp_path) -> None:
     assert (tmp_path / "results.csv").exists()
     strip = interpolation_strip(torch.rand(3, 3, 16, 16), tmp_path / "strip.png", [0.0, 0.5, 1.0])
     assert strip.exists()
+
+
+def test_interpolation_paths_and_measures(tiny_sd_adapter, tmp_path) -> None:
+    from dataclasses import replace
+
+    from eval.metrics.interp import NOT_WORLD
+
+    world = sample_dataset()[:2]  # the sample captions are of the world's grammar
+    cats = [replace(e, caption="a photo of a cat") for e in world]
+    for data, path in ((world, "nao"), (cats, "linear")):
+        df = evaluate_interpolation(
+            tiny_sd_adapter, ScheduleSpec("ddim", 3), ddim.invert, "ddim", data, num_points=3, max_images=2,
+            progress=False, out_dir=tmp_path / path, path=path,
+        )
+        assert set(df["inverter"]) == {f"ddim+{path}"}
+        rows = df.set_index("metric")
+        assert rows.loc["interp_norm_dev", "status"] == "ok" and rows.loc["interp_norm_dev", "value"] >= 0
+        assert rows.loc["interp_clip_either", "status"] == "unavailable"  # no task.clip given
+        assert "no CLIP metric configured" in rows.loc["interp_clip_either", "reason"]
+        valid = rows.loc["interp_valid_frac"]
+        if data is cats:
+            assert valid["status"] == "unavailable" and valid["reason"] == NOT_WORLD
+        else:
+            assert valid["status"] == "ok" and 0.0 <= valid["value"] <= 1.0
+    with pytest.raises(ValueError, match="task.path must be one of"):
+        evaluate_interpolation(tiny_sd_adapter, ScheduleSpec("ddim", 3), ddim.invert, "ddim", world, num_points=3,
+                               max_images=2, progress=False, out_dir=tmp_path / "bad", path="cubic")

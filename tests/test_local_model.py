@@ -14,6 +14,7 @@ from eval.records import RESULTS_FILE, read_records
 from eval.validate import ConfigError, adapter_family, check_schedule, model_family
 from gnri.models import auto_dtype, folder_family
 from gnri.models.tiny import save_tiny
+from run_many import run_in_one_process  # noqa: E402 - tests/run_many.py
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["max_images=1", "warmup=0", "progress=false", "time_network=false"]
@@ -115,31 +116,38 @@ def pickled(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_load_stops_a_single_run_in_one_line(folders: dict[str, Path], pickled: Path,
                                                                  tmp_path: Path) -> None:
     """Refused pickle, a missing component, a folder holding the pipeline one level down: one line on
-    stderr, exit 2, no rows."""
-    out = tmp_path / "run"
-    proc = _run("model=local", f"model.path={pickled}", *FAST, f"hydra.run.dir={out}")
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr[-2000:]
-    assert proc.stderr.startswith("run.py: model=local could not be loaded: PickleWeightsError: ")
-    assert "model.allow_pickle=true" in proc.stderr and not (out / RESULTS_FILE).exists()
-
+    stderr, exit 2, no rows. The three runs share one process (tests/run_many.py: run.py's __main__ once per
+    run, each with its own stderr)."""
     broken = tmp_path / "no_vae"
     shutil.copytree(folders["sd"], broken)
     shutil.rmtree(broken / "vae")
-    proc = _run("model=local", f"model.path={broken}", *FAST, f"hydra.run.dir={tmp_path / 'run2'}")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]  # above: diffusers' progress bars
-    assert proc.stderr.strip().splitlines()[-1].startswith("run.py: model=local could not be loaded: OSError: ")
-    assert not (tmp_path / "run2" / RESULTS_FILE).exists()
-
     wrapped = tmp_path / "download"
     shutil.copytree(folders["sd"], wrapped / "pipeline")
-    proc = _run("model=local", f"model.path={wrapped}", *FAST, f"hydra.run.dir={tmp_path / 'run3'}")
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"run.py: model.path: no model_index.json in {wrapped}; {wrapped}/pipeline has one: "
-                                   f"use model.path={wrapped}/pipeline")
+    logs = tmp_path / "logs"
+    codes = run_in_one_process([
+        ("pickled", ["model=local", f"model.path={pickled}", *FAST, f"hydra.run.dir={tmp_path / 'run'}"]),
+        ("no_vae", ["model=local", f"model.path={broken}", *FAST, f"hydra.run.dir={tmp_path / 'run2'}"]),
+        ("wrapped", ["model=local", f"model.path={wrapped}", *FAST, f"hydra.run.dir={tmp_path / 'run3'}"]),
+    ], logs, timeout=600)
+    stderr = {name: (logs / f"{name}.err").read_text(encoding="utf-8") for name in codes}
+
+    assert codes["pickled"] == 2, stderr["pickled"][-2000:]
+    assert stderr["pickled"].strip().splitlines() == [stderr["pickled"].strip()], stderr["pickled"][-2000:]
+    assert stderr["pickled"].startswith("run.py: model=local could not be loaded: PickleWeightsError: ")
+    assert "model.allow_pickle=true" in stderr["pickled"] and not (tmp_path / "run" / RESULTS_FILE).exists()
+
+    # above the line: diffusers' progress bars
+    assert codes["no_vae"] == 2 and "Traceback" not in stderr["no_vae"], stderr["no_vae"][-2000:]
+    assert stderr["no_vae"].strip().splitlines()[-1].startswith("run.py: model=local could not be loaded: OSError: ")
+    assert not (tmp_path / "run2" / RESULTS_FILE).exists()
+
+    assert codes["wrapped"] == 2
+    assert stderr["wrapped"].strip() == (f"run.py: model.path: no model_index.json in {wrapped}; {wrapped}/pipeline has "
+                                         f"one: use model.path={wrapped}/pipeline")
 
 
 def test_a_model_that_cannot_load_is_failed_rows_in_a_multirun(pickled: Path, tmp_path: Path) -> None:

@@ -1,8 +1,14 @@
 """Paper presets: every ``conf/experiment/paper_*.yaml`` runs in smoke mode (the tiny model of its
-family, 2 images, CPU) through run.py's whole sweep; without a GPU or data a preset stops in one line."""
+family, 1 image, CPU) through run.py's whole sweep; without a GPU or data a preset stops in one line.
+
+The smoke sweeps run as one: a single Python process (``tests/run_many.py``) runs run.py's
+``-m experiment=<preset> smoke=true`` for every selected preset in turn (one start, one torch import),
+shared by the module's tests (scripts/test.sh's ``--dist loadfile``: one worker runs this file, first);
+each test then checks its own preset's exit status and rows."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +20,7 @@ from omegaconf import OmegaConf
 
 from eval.presets import smoke_arguments
 from eval.records import read_records
+from run_many import run_in_one_process  # noqa: E402 - tests/run_many.py
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("paper_*.yaml"))
@@ -24,18 +31,29 @@ def test_the_paper_presets_exist() -> None:
             "paper_timing", "paper_edit_sdxl_turbo", "paper_edit_flux"} <= set(PRESETS)
 
 
+@pytest.fixture(scope="module")
+def smoke_sweep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder where every selected preset's smoke sweep ran (``<preset>/<job>/results.csv``,
+    ``<preset>.err``, ``exit_codes.json``): one process for all of them (``tests/run_many.py``)."""
+    mine = [item for item in request.session.items if item.module is request.module and hasattr(item, "callspec")]
+    wanted = sorted({item.callspec.params["preset"] for item in mine if "preset" in item.callspec.params})
+    out = tmp_path_factory.mktemp("paper_presets")
+    runs = [(preset, ["-m", f"experiment={preset}", "smoke=true", "progress=false", f"hydra.sweep.dir={out / preset}"])
+            for preset in wanted]
+    run_in_one_process(runs, out)  # writes out/exit_codes.json, read by each test
+    return out
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
-def test_preset_runs_in_smoke_mode(preset: str, tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "run.py", "-m", f"experiment={preset}", "smoke=true", "progress=false",
-         f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_preset_runs_in_smoke_mode(preset: str, smoke_sweep: Path) -> None:
+    codes = json.loads((smoke_sweep / "exit_codes.json").read_text(encoding="utf-8"))
+    assert codes[preset] == 0, (smoke_sweep / f"{preset}.err").read_text(encoding="utf-8")[-2000:]
     sweep = OmegaConf.load(ROOT / "conf" / "experiment" / f"{preset}.yaml").hydra.sweeper.params
     jobs = 1
     for values in sweep.values():
         jobs *= len(str(values).split(","))
-    tables = [read_records(p) for p in sorted(tmp_path.glob("*/results.csv"))]
+    tables = [read_records(p) for p in sorted((smoke_sweep / preset).glob("*/results.csv"))]
     assert len(tables) == jobs  # every configuration of the preset ran
     rows = pd.concat(tables)
     assert set(rows["model"]).issubset({"tiny_sd", "tiny_sdxl_turbo", "tiny_flux"})

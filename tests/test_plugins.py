@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from gnri import catalog
+from run_many import run_in_one_process  # noqa: E402 - tests/run_many.py
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "my_inverter"
@@ -84,6 +85,7 @@ def plugin_path(site: Path):
     catalog.entry_point_methods.cache_clear()
 
 
+@pytest.mark.slow
 def test_entry_point_plugins_run_by_name_in_a_sweep(site: Path, tmp_path: Path) -> None:
     """No YAML: inverter=my_ddim / relaxed_half run; my_ddim's rows equal ddim's (the A/A check);
     a flow-only method crossed with the SD model gives skipped rows (no model loaded) and the sweep goes on."""
@@ -104,6 +106,7 @@ def test_entry_point_plugins_run_by_name_in_a_sweep(site: Path, tmp_path: Path) 
     assert kept == {"my_ddim": 1.0, "ddim": 1.0, "relaxed_half": 1.0}
 
 
+@pytest.mark.slow
 def test_config_folder_route_both_ways(tmp_path: Path) -> None:
     """A user's folder with inverter/my_method.yaml runs with --config-dir and with hydra.searchpath
     (the same unit: the second run resumes it); inverter.<keyword>= needs no '+'."""
@@ -124,6 +127,7 @@ def test_config_folder_route_both_ways(tmp_path: Path) -> None:
     assert "resumed 1 of 1 units" in second.stderr + second.stdout
 
 
+@pytest.mark.slow
 def test_bad_plugins_are_one_line_and_exit_2_before_loading(site: Path, clash_site: Path, tmp_path: Path) -> None:
     """Each mistake stops run.py with one line on stderr and status 2; the model points at a folder
     that does not exist, so loading it would fail otherwise."""
@@ -141,11 +145,15 @@ def test_bad_plugins_are_one_line_and_exit_2_before_loading(site: Path, clash_si
         "inverter=relaxed inverter.max_iters=abc": "inverter=relaxed: inverter.max_iters='abc' must be an integer",
         "inverter=rf_solver": "inverter=rf_solver does not apply to the vp family (it runs on flow models): model=sd15",
     }
-    for args, message in cases.items():
-        proc = _run(["--config-dir", str(folder), *args.split(), *absent], site)
-        assert proc.returncode == 2, (args, proc.stderr[-1500:])
-        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], (args, proc.stderr[-1500:])
-        assert proc.stderr.startswith(f"run.py: {message}"), (args, proc.stderr)
+    # the six cases in one process (tests/run_many.py: run.py's __main__ once per case, its own stderr each)
+    out = tmp_path / "cases"
+    runs = [(f"case{i}", ["--config-dir", str(folder), *args.split(), *absent]) for i, args in enumerate(cases)]
+    codes = run_in_one_process(runs, out, env=_env(site), timeout=600)
+    for i, (args, message) in enumerate(cases.items()):
+        stderr = (out / f"case{i}.err").read_text(encoding="utf-8")
+        assert codes[f"case{i}"] == 2, (args, stderr[-1500:])
+        assert stderr.strip().splitlines() == [stderr.strip()], (args, stderr[-1500:])
+        assert stderr.startswith(f"run.py: {message}"), (args, stderr)
     clash = _run(["inverter=ddim", *absent], site, clash_site)
     assert clash.returncode == 2 and len(clash.stderr.strip().splitlines()) == 1, clash.stderr[-1500:]
     assert "inverter ddim: the entry point of clashing (clashing:invert) clashes with the shipped one" in clash.stderr

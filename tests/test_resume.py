@@ -151,6 +151,7 @@ def _wait_for_a_unit(proc: subprocess.Popen, results: Path) -> None:
     assert proc.poll() is None, "the run finished before it could be stopped:\n" + proc.communicate()[0][-2000:]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_the_same_command_finishes_it(tmp_path: Path) -> None:
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
     proc = _run_py(killed_dir)
@@ -172,6 +173,7 @@ def test_kill_9_mid_run_then_the_same_command_finishes_it(tmp_path: Path) -> Non
     pd.testing.assert_frame_equal(non_timing(after), non_timing(reference))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_end_in_one_line_with_the_summary_written(tmp_path: Path, sig: int) -> None:
     run_dir = tmp_path / "run"

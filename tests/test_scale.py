@@ -14,6 +14,7 @@ import pytest
 
 from eval.records import RESULTS_FILE, read_records
 from eval.summary import SUMMARY_FILE
+from run_many import run_in_one_process  # noqa: E402 - tests/run_many.py
 from test_resume import non_timing  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +38,7 @@ def _check(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path: Path) -> None:
     args = [*TINY, "inverter=ddim", "max_images=5", "logger=wandb_offline"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -55,6 +57,7 @@ def test_two_processes_equal_one(tmp_path: Path) -> None:
     assert len(list((tmp_path / "two" / "wandb").glob("offline-run-*"))) == 1  # rank 0 alone logs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_launcher_runs_a_two_job_sweep(tmp_path: Path, launcher: str) -> None:
     sweep = tmp_path / "sweep"
@@ -71,12 +74,21 @@ def test_launcher_runs_a_two_job_sweep(tmp_path: Path, launcher: str) -> None:
     assert (sweep / SUMMARY_FILE).is_file()
 
 
+@pytest.fixture(scope="module")
+def composed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, int], Path]:
+    """``run.py hydra/launcher=<name> --cfg hydra`` for every launcher preset, all in one process
+    (tests/run_many.py): exit status by launcher, and the folder with each one's ``<name>.out``/``.err``."""
+    out = tmp_path_factory.mktemp("launchers")
+    return run_in_one_process([(name, [f"hydra/launcher={name}", "--cfg", "hydra"]) for name in LAUNCHERS], out,
+                              timeout=300), out
+
+
 @pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_every_launcher_preset_composes(launcher: str) -> None:
-    proc = subprocess.run([sys.executable, "run.py", f"hydra/launcher={launcher}", "--cfg", "hydra"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    _check(proc)
-    assert "_target_: hydra_plugins." in proc.stdout
+def test_every_launcher_preset_composes(launcher: str, composed: tuple[dict[str, int], Path]) -> None:
+    codes, out = composed
+    stdout, stderr = ((out / f"{launcher}{ext}").read_text(encoding="utf-8") for ext in (".out", ".err"))
+    assert codes[launcher] == 0, (stdout + stderr)[-3000:]
+    assert "_target_: hydra_plugins." in stdout
 
 
 def test_presets_cover_the_named_engines() -> None:

@@ -98,7 +98,7 @@ def test_an_unknown_task_is_one_line_before_loading(tmp_path: Path) -> None:
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 2
     assert out.stderr.strip() == ("run.py: task.name='nosuch' is not a task; valid: reconstruct, edit, interpolate, "
-                                  "exact, edit_chain (or give task._target_: package.module.TaskClass)")
+                                  "exact, edit_chain, seed_select (or give task._target_: package.module.TaskClass)")
     with pytest.raises(ValueError, match="is not an eval.task.TaskRun subclass"):
         task_class("x", "eval.settings.RunSettings")
 

@@ -57,6 +57,8 @@ EDIT_METRIC_ORDER = (
 INTERP_METRICS = {
     "interp_lpips_step_mean": False, "interp_lpips_step_max": False, "interp_rms_step_max": False,
     "interp_psnr_start": True, "interp_psnr_end": True,
+    "interp_valid_frac": True, "interp_norm_dev": False, "interp_norm_dev_max": False, "interp_norm_dev_ends": False,
+    "interp_clip_either": True, "interp_clip_either_min": True,
 }
 EXACT_METRICS = {"exact_noise_nmse": False, "exact_latent_nmse": False, "exact_image_nmse": False,
                  "exact_image_psnr": True}

@@ -18,6 +18,8 @@ With no real weights the metric is unavailable with the reason; it never uses a 
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import importlib.util
 import os
@@ -216,14 +218,23 @@ def load_backbone(net: str, cache_dir: Path) -> tuple[dict[str, Tensor], str]:
     raise WeightsUnavailable(f"lpips {net}: " + "; ".join(reasons))
 
 
+@functools.lru_cache(maxsize=None)
+def _lpips_skeleton(net: str) -> torch.nn.Module:
+    """``lpips.LPIPS(net, pnet_rand=True)`` as constructed, before any backbone weights: built once per
+    process and copied by :func:`build_lpips` (torchvision builds and randomly initialises the whole
+    classifier that lpips then drops: seconds per build, every metric of every job of a sweep). Built
+    with the global RNG forked, so building metrics never moves a run's random stream."""
+    import lpips  # imports torchvision: keep it out of module import
+
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore")
+        return lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+
+
 def build_lpips(net: str, cache_dir: Path) -> tuple[torch.nn.Module, str]:
     """The ``lpips.LPIPS`` model with the verified real backbone and the wheel's heads, and its source."""
     feats, source = load_backbone(net, cache_dir)
-    import lpips  # imports torchvision: keep it out of module import
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    model = copy.deepcopy(_lpips_skeleton(net))  # every backbone weight is loaded below (strict)
     # lpips names the torchvision layers per slice: slice1.0.weight -> features 0.weight
     state = {name: feats[name.split(".", 1)[1]] for name, _ in model.net.named_parameters()}
     model.net.load_state_dict(state, strict=True)

@@ -19,8 +19,10 @@ import pandas as pd
 
 from eval.records import RESULTS_FILE, read_records
 from eval.report.edit_plots import edit_tradeoff, run_edit_grid
+from eval.report.edit_type_report import write_edit_types
 from eval.report.leaderboard import GAP, write_leaderboard
 from eval.report.pairing import paired_verdicts, resolve_reference
+from eval.report.scorers import add_scorers
 from eval.report.plots import convergence, convergence_from_records, quality_vs_time, run_image_grid
 from eval.report.summary_stats import TIME_TOTAL, add_total_time, label_methods, mean_ci
 from eval.report.tables import write_tables
@@ -104,9 +106,11 @@ def aggregate(
     (:func:`eval.report.plots.save_run_images`). Edit runs (``task=edit``) add the paper's editing
     figure ``edit_tradeoff.png`` (CLIP score against LPIPS to the source; background PSNR
     against edit success in ``edit_background.png``) and ``edits_<model>.png`` (source, then each
-    method's edit).
+    method's edit). Edit pairs with an edit type (:mod:`eval.report.edit_types`) add the verdicts per
+    type (``edit_types.csv``, ``edit_types.md``, also appended to ``paper_table.md``) and a grid per
+    type, ``edits_type_<type>.png`` (:mod:`eval.report.edit_type_report`).
     """
-    records = load_results(paths)
+    records = add_scorers(load_results(paths))  # each row names the model that scored it
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     combined = out / COMBINED_FILE
@@ -117,6 +121,12 @@ def aggregate(
     if not verdicts.empty:
         result.tables.append(out / VERDICTS_FILE)
         verdicts.to_csv(result.tables[-1], index=False)
+    by_type, section = write_edit_types(records, out, reference)
+    if section:  # edit runs: the verdicts per edit type under the table over all pairs
+        table = out / "paper_table.md"
+        table.write_text(table.read_text(encoding="utf-8") + "\n" + section, encoding="utf-8")
+    result.tables.extend(p for p in by_type if p.suffix != ".png")
+    result.plots.extend(p for p in by_type if p.suffix == ".png")
     metrics = set(add_total_time(records)["metric"])
     if GAP in metrics:
         board = write_leaderboard(records, out, reference, title)

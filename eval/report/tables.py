@@ -27,10 +27,12 @@ import pandas as pd
 
 from eval.report.fair import EXACT_MARK, EXACT_NOTE, EXACT_UNRANKED, KEPT_HEADER, fair_columns, kept_cell
 from eval.report.load import LOAD_MARK, UNDER_LOAD_NOTE
+from eval.report.mask_note import no_mask_note
 from eval.report.markdown import markdown_table
 from eval.report.paired import BETTER, VERDICT_RULE
 from eval.report.pairing import is_timing, loaded_methods, paired_verdicts, resolve_reference
 from eval.report.paper_numbers import add_paper_columns, comparison_markdown, paper_comparison
+from eval.report.scorers import scorer_notes
 from eval.report.summary_stats import (
     BOUNDS,
     CEILED,
@@ -94,6 +96,24 @@ PAPER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("time_edit_s", "edit (s)", "{:.3g}"),
     ("nfe_forward", "NFE", "{:.4g}"),
     ("nfe_backward", "VJP", "{:.4g}"),
+    # task=interpolate, task=edit_chain, task=seed_select: their summary rows (the others stay in summary.csv)
+    ("interp_valid_frac", "valid scenes", "{:.2f}"),
+    ("interp_clip_either", "CLIP to either", "{:.2f}"),
+    ("interp_norm_dev", "off the shell", "{:.3f}"),
+    ("interp_norm_dev_ends", "ends off the shell", "{:.3f}"),
+    ("interp_lpips_step_mean", "LPIPS step", "{:.4f}"),
+    ("interp_psnr_start", "PSNR start (dB)", "{:.2f}"),
+    ("interp_psnr_end", "PSNR end (dB)", "{:.2f}"),
+    ("chain_final_success", "final edit success", "{:.2f}"),
+    ("chain_all_success", "every edit succeeds", "{:.2f}"),
+    ("chain_final_bg_drift_psnr", "final bg drift PSNR (dB)", "{:.2f}"),
+    ("chain_time_s", "chain time (s)", "{:.3g}"),
+    ("rare_concept_accuracy", "accuracy", "{:.3f}"),
+    ("rare_concept_accuracy_head", "head", "{:.3f}"),
+    ("rare_concept_accuracy_medium", "medium", "{:.3f}"),
+    ("rare_concept_accuracy_tail", "tail", "{:.3f}"),
+    ("rare_concept_clip", "CLIP", "{:.2f}"),
+    ("rare_concept_time_s", "time per concept (s)", "{:.3g}"),
 )
 NOT_RANKED = ("time_network_call_s", "overhead_ratio_bare")  # the model's, not the method's: never bold
 BOLD_RULE = ("**Bold**: better than the reference method by the paired verdict (paired bootstrap interval and "
@@ -183,7 +203,8 @@ def paper_markdown(records: pd.DataFrame, title: str | None = None, reference: s
     for (model, setting), block in wide.groupby(["model", "setting"], sort=False):
         table = _setting_table((model, setting), block, summary, present, fair_flat, marking)
         parts += [f"### {model} · {setting}\n", table, ""]
-    return "\n".join(parts + _rules(summary, wide, reference, verdicts, marking.used)) + "\n"
+    rules = _rules(summary, wide, reference, verdicts, marking.used)
+    return "\n".join(parts + scorer_notes(records) + no_mask_note(records) + rules) + "\n"
 
 
 def _setting_table(where: tuple[str, str], block: pd.DataFrame, summary: pd.DataFrame,

@@ -55,8 +55,9 @@ def verdict_counts(verdicts: pd.DataFrame, metric: str) -> dict[str, int]:
 
 
 def verdict_markdown(records: pd.DataFrame, reference: str | None, verdicts: pd.DataFrame | None = None,
-                     heading: str = "##") -> str:
-    """The verdict section for ``records`` against ``reference`` ('' when there is nothing to compare)."""
+                     heading: str = "##", rules: bool = True) -> str:
+    """The verdict section for ``records`` against ``reference`` ('' when there is nothing to compare);
+    without ``rules`` the tables alone (no counts, marks' notes or verdict rule under them)."""
     if verdicts is None:
         verdicts = paired_verdicts(records, reference, [m for m, _ in VERDICT_METRICS])
     if verdicts.empty:
@@ -85,6 +86,8 @@ def verdict_markdown(records: pd.DataFrame, reference: str | None, verdicts: pd.
                 row.append(verdict_cell(cells.loc[m], not (exact and m in EXACT_UNRANKED)) + mark)
             body.append(row)
         parts += [f"{heading}# {model} · {setting} (reference {refs})", "", markdown_table(header, body), ""]
+    if not rules:
+        return "\n".join(parts)
     counts = verdict_counts(verdicts, "psnr")
     if counts:
         parts.append(f"PSNR against `{reference}`: {counts.get(BETTER, 0)} better, {counts.get(WORSE, 0)} worse, "

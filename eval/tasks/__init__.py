@@ -27,6 +27,7 @@ TASKS = {
     "interpolate": "eval.tasks.interpolate:Interpolate",
     "exact": "eval.tasks.exact:Exact",
     "edit_chain": "eval.tasks.edit_chain:EditChain",
+    "seed_select": "eval.tasks.seed_select:SeedSelect",
 }
 
 

@@ -1,4 +1,7 @@
-"""Interpolation between two inverted images: spherical interpolation of their states, regenerated.
+"""Interpolation between two inverted images: a path between their states, regenerated.
+
+The path over the latents is ``slerp`` by default; :mod:`gnri.edit.paths` adds ``linear`` and NAO's
+norm-aware path (``path`` arguments below take any ``path(z0, z1, w)`` of that module's contract).
 
 ``slerp(z0, z1, w)`` (Shoemake 1985) per sample, over all but the first dimension: it keeps a
 Gaussian latent's norm where linear interpolation shrinks it (the reason inversion quality
@@ -14,7 +17,7 @@ at image B's, bit for bit.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -46,10 +49,16 @@ def slerp(z0: Tensor, z1: Tensor, w: float) -> Tensor:
     return (c0[:, None] * a + c1[:, None] * b).reshape(z0.shape).to(z0.dtype)
 
 
-def blend_results(result_a: InversionResult, result_b: InversionResult, w: float) -> InversionResult:
-    """The inversion state ``w`` of the way from A to B (latents slerped, per-step conditioning lerped)."""
+PathFn = Callable[[Tensor, Tensor, float], Tensor]
+
+
+def blend_results(result_a: InversionResult, result_b: InversionResult, w: float,
+                  path: PathFn | None = None) -> InversionResult:
+    """The inversion state ``w`` of the way from A to B (latents and sampler tensors along ``path``,
+    default :func:`slerp`; per-step conditioning lerped)."""
+    along = slerp if path is None else path
     return combine_results(
-        [result_a, result_b], lambda p: slerp(p[0], p[1], w), lambda p: torch.lerp(p[0], p[1], w)
+        [result_a, result_b], lambda p: along(p[0], p[1], w), lambda p: torch.lerp(p[0], p[1], w)
     )
 
 
@@ -74,10 +83,12 @@ def interpolate(
     cond_a: Conditioning,
     cond_b: Conditioning,
     weights: Sequence[float],
+    path: PathFn | None = None,
 ) -> list[Tensor]:
-    """Latents at ``grid.levels[0]`` regenerated at each weight of the path from A to B."""
+    """Latents at ``grid.levels[0]`` regenerated at each weight of the path from A to B (``path``:
+    default :func:`slerp`)."""
     out = []
     for w in weights:
-        state = blend_results(result_a, result_b, w)
+        state = blend_results(result_a, result_b, w, path)
         out.append(reconstruct(denoiser, state, grid, blend_conditioning(cond_a, cond_b, w)))
     return out
