@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import json
 import os
 import shutil
 import tempfile
@@ -27,12 +28,23 @@ from scripts.world.common import WORLD_DIR
 LONGTAIL_DIR = WORLD_DIR.parent / "world_longtail"
 
 
+VOLATILE_KEYS = ("_name_or_path", "_diffusers_version", "transformers_version")  # where and with what it was saved
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Same bytes; for JSON configs, the same content once the saving library's bookkeeping keys are dropped."""
+    if a.suffix == ".json":
+        load = lambda p: {k: v for k, v in json.loads(p.read_text()).items() if k not in VOLATILE_KEYS}  # noqa: E731
+        return load(a) == load(b)
+    return filecmp.cmp(a, b, shallow=False)
+
+
 def same_tree(a: Path, b: Path) -> bool:
-    """True if folders ``a`` and ``b`` hold the same file names with the same bytes."""
+    """True if folders ``a`` and ``b`` hold the same file names with the same content (:func:`same_file`)."""
     names = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     if names != sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()):
         return False
-    return all(filecmp.cmp(a / n, b / n, shallow=False) for n in names)
+    return all(same_file(a / n, b / n) for n in names)
 
 
 def link_shared(folder: Path, world_folder: Path) -> list[str]:
