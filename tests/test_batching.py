@@ -7,8 +7,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +21,7 @@ from eval.tasks.reconstruct import batch_separable, evaluate
 from eval.metrics import build_metrics
 from gnri.core import InversionResult
 from gnri.models.base import ScheduleSpec
+from run_many import run_in_one_process  # noqa: E402 - tests/run_many.py
 from test_harness import ToyAdapter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,13 +179,24 @@ def test_a_method_marked_not_separable_runs_image_by_image() -> None:
     assert set(df["batch_size"]) == {1} and (df[df["metric"] == "psnr"]["status"] == "ok").all()
 
 
-@pytest.mark.parametrize("overrides, message", [
+REFUSALS = [
     (["batch_size=0"], "run.py: batch_size=0: must be an integer >= 1"),
     (["batch_size=2", "task=edit"], "run.py: batch_size=2: batches apply to task=reconstruct only (task=edit)"),
-])
-def test_run_py_refuses_bad_batch_settings_before_loading(tmp_path: Path, overrides: list[str], message: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "run.py", "model=sd15", f"model.pretrained={tmp_path / 'absent'}", *overrides,
-         f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 2 and proc.stderr.strip() == message
+]
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """The runs of REFUSALS in one child process (tests/run_many.py: run.py's __main__ once per run, each with
+    its own exit status and stderr): (their folder, exit codes)."""
+    root = tmp_path_factory.mktemp("refusals")
+    runs = [(str(i), ["model=sd15", f"model.pretrained={root / str(i) / 'absent'}", *overrides,
+                      f"hydra.run.dir={root / str(i) / 'run'}"]) for i, (overrides, _) in enumerate(REFUSALS)]
+    return root, run_in_one_process(runs, root / "logs", timeout=600)
+
+
+@pytest.mark.parametrize("case", range(len(REFUSALS)))
+def test_run_py_refuses_bad_batch_settings_before_loading(refused: tuple[Path, dict[str, int]], case: int) -> None:
+    root, codes = refused
+    stderr = (root / "logs" / f"{case}.err").read_text(encoding="utf-8")
+    assert codes[str(case)] == 2 and stderr.strip() == REFUSALS[case][1]

@@ -10,8 +10,6 @@ import importlib
 import importlib.util
 import inspect
 import os
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -25,6 +23,7 @@ from eval.metrics import build_metrics, registry
 from eval.records import RESULTS_FILE, read_records
 from eval.summary import SUMMARY_FILE
 from gnri.models.base import ScheduleSpec
+from run_many import run_in_one_process  # noqa: E402 - tests/run_many.py
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -122,27 +121,49 @@ def test_unknown_names_give_one_line_listing_valid_ones(run_module: ModuleType) 
     assert valid == run_module.config_names("inverter") and "ddim" in valid
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _multirun_axes() -> tuple[list[str], list[str]]:
+    inverters = ["ddim"] + (["fixed_point"] if (CONF / "inverter" / "fixed_point.yaml").exists() else ["ddim"])
+    schedules = [s for s in run_module_schedules() if _compose([f"schedule={s}"]).schedule.kind == "ddim"][:2]
+    return inverters, schedules
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int], dict[str, str]]:
+    """This module's run.py runs in one child process (tests/run_many.py: run.py's __main__ once per run, each
+    with its own exit status, stderr and working directory): (their folder, exit codes, stderrs). attention=math
+    runs last, so that no run after it could pass on a backend it left set."""
+    root = tmp_path_factory.mktemp("config_runs")
+    inverters, schedules = _multirun_axes()
+    for cwd in ("tiny", "sweep", "math"):
+        (root / cwd).mkdir()
+    runs = [
+        ("unknown", ["inverter=nope", f"hydra.run.dir={root / 'unknown'}"], ROOT),
+        ("attention_bad", ["attention=nope", f"hydra.run.dir={root / 'bad'}"], ROOT),
+        ("tiny", ["model=tiny_sd", "inverter=ddim", "schedule.num_steps=3", "max_images=1", "progress=false",
+                  f"hydra.run.dir={root / 'tiny' / 'run'}"], root / "tiny"),
+        ("sweep", ["-m", f"inverter={','.join(dict.fromkeys(inverters))}", f"schedule={','.join(schedules)}",
+                   "schedule.num_steps=2", "max_images=1", "warmup=0", "progress=false",
+                   f"hydra.sweep.dir={root / 'sweep' / 'sweep'}"], root / "sweep"),
+        ("math", ["model=tiny_sd", "inverter=ddim", "schedule.num_steps=2", "max_images=1", "attention=math",
+                  "progress=false", f"hydra.run.dir={root / 'math' / 'run'}"], root / "math"),
+    ]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=300,
-    )
+    codes = run_in_one_process(runs, root / "logs", env=env, timeout=900)
+    return root, codes, {name: (root / "logs" / f"{name}.err").read_text(encoding="utf-8") for name in codes}
 
 
-def test_run_py_rejects_unknown_name_in_one_line(tmp_path: Path) -> None:
-    proc = _run(["inverter=nope", f"hydra.run.dir={tmp_path}"], ROOT)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+def test_run_py_rejects_unknown_name_in_one_line(runs) -> None:
+    root, codes, stderr = runs
+    assert codes["unknown"] == 2
+    lines = stderr["unknown"].strip().splitlines()
     assert len(lines) == 1 and "unknown inverter 'nope'" in lines[0] and "ddim" in lines[0]
-    assert not (tmp_path / RESULTS_FILE).exists()
+    assert not (root / "unknown" / RESULTS_FILE).exists()
 
 
-def test_run_py_tiny_sd_ddim_writes_results_and_summary(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    proc = _run(["model=tiny_sd", "inverter=ddim", "schedule.num_steps=3", "max_images=1",
-                 "progress=false", f"hydra.run.dir={out}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_run_py_tiny_sd_ddim_writes_results_and_summary(runs) -> None:
+    root, codes, stderr = runs
+    out = root / "tiny" / "run"
+    assert codes["tiny"] == 0, stderr["tiny"][-2000:]
     df = read_records(out / RESULTS_FILE)
     assert REQUIRED_COLUMNS <= set(df.columns) and (df["status"] == "ok").all()
     assert set(df["model"]) == {"tiny_sd"} and set(df["inverter"]) == {"ddim"}
@@ -152,15 +173,12 @@ def test_run_py_tiny_sd_ddim_writes_results_and_summary(tmp_path: Path) -> None:
     assert (out / "provenance.json").exists()
 
 
-def test_multirun_writes_one_folder_per_job(tmp_path: Path) -> None:
-    inverters = ["ddim"] + (["fixed_point"] if (CONF / "inverter" / "fixed_point.yaml").exists() else ["ddim"])
-    schedules = [s for s in run_module_schedules() if _compose([f"schedule={s}"]).schedule.kind == "ddim"][:2]
+def test_multirun_writes_one_folder_per_job(runs) -> None:
+    root, codes, stderr = runs
+    inverters, schedules = _multirun_axes()
     assert len(schedules) == 2, "need two ddim schedules in conf/schedule"
-    sweep = tmp_path / "sweep"
-    proc = _run(["-m", f"inverter={','.join(dict.fromkeys(inverters))}", f"schedule={','.join(schedules)}",
-                 "schedule.num_steps=2", "max_images=1", "warmup=0", "progress=false",
-                 f"hydra.sweep.dir={sweep}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep = root / "sweep" / "sweep"
+    assert codes["sweep"] == 0, stderr["sweep"][-2000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     expected = len(dict.fromkeys(inverters)) * len(schedules)
     assert len(jobs) == expected
@@ -179,15 +197,13 @@ def run_module_schedules() -> list[str]:
     return sorted(p.stem for p in (CONF / "schedule").glob("*.yaml"))
 
 
-def test_run_py_attention_backend_option(tmp_path: Path) -> None:
+def test_run_py_attention_backend_option(runs) -> None:
     """``attention=math`` runs (recorded in provenance); an unknown backend is a one-line error."""
-    proc = _run(["attention=nope", f"hydra.run.dir={tmp_path / 'bad'}"], ROOT)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+    root, codes, stderr = runs
+    assert codes["attention_bad"] == 2
+    lines = stderr["attention_bad"].strip().splitlines()
     assert len(lines) == 1 and "unknown attention 'nope'" in lines[0] and "efficient" in lines[0]
-    out = tmp_path / "run"
-    proc = _run(["model=tiny_sd", "inverter=ddim", "schedule.num_steps=2", "max_images=1", "attention=math",
-                 "progress=false", f"hydra.run.dir={out}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = root / "math" / "run"
+    assert codes["math"] == 0, stderr["math"][-2000:]
     assert (read_records(out / RESULTS_FILE)["status"] == "ok").all()
     assert '"attention": "math"' in (out / "provenance.json").read_text()

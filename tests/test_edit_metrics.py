@@ -8,8 +8,6 @@ import functools
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +30,7 @@ from eval.report.aggregate import aggregate
 from eval.report.edit_plots import edit_tradeoff, run_edit_grid
 from gnri.images import load_image
 from lpips_guard import lpips_expected
+from run_many import run_in_one_process  # noqa: E402 - tests/run_many.py
 from gnri.models.base import ScheduleSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,22 +204,24 @@ def test_editing_figure(tmp_path: Path) -> None:
 
 
 def test_run_py_task_edit(tmp_path: Path) -> None:
+    """Both run.py runs in one child process (tests/run_many.py: run.py's __main__ once per run, each with its own
+    exit status and stderr), from tmp_path."""
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
                         "GNRI_BENCH_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "task=edit", "task.editor=p2p", "dataset.max_pairs=1",
-         "schedule.num_steps=2", "warmup=0", "progress=false", f"hydra.run.dir={out}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    logs = tmp_path / "logs"
+    codes = run_in_one_process([
+        ("edit", ["task=edit", "task.editor=p2p", "dataset.max_pairs=1", "schedule.num_steps=2", "warmup=0",
+                  "progress=false", f"hydra.run.dir={out}"], tmp_path),
+        ("bad", ["task=nope"], tmp_path),
+    ], logs, env=env, timeout=600)
+    stderr = {name: (logs / f"{name}.err").read_text(encoding="utf-8") for name in codes}
+    assert codes["edit"] == 0, stderr["edit"][-2000:]
     df = read_records(out / RESULTS_FILE)
     assert set(df["inverter"]) == {"ddim+p2p"} and set(df["metric"]) == set(EDIT_METRICS)
     assert math.isfinite(df[df["metric"] == "bg_psnr"]["value"].iloc[0])
     assert json.loads(df["config"].iloc[0])["task"]["name"] == "edit"
-    bad = subprocess.run([sys.executable, str(ROOT / "run.py"), "task=nope"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120, check=False)
-    assert bad.returncode == 2 and "unknown task 'nope'" in bad.stderr
+    assert codes["bad"] == 2 and "unknown task 'nope'" in stderr["bad"]
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml")))

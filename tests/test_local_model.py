@@ -4,8 +4,6 @@ device, image size from the checkpoint; rows name the checkpoint, not the config
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +16,6 @@ from run_many import run_in_one_process  # noqa: E402 - tests/run_many.py
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["max_images=1", "warmup=0", "progress=false", "time_network=false"]
-
-
-def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -47,43 +41,38 @@ def test_dtype_follows_the_device() -> None:
     assert auto_dtype("sd", "cuda:1") == "float16" and auto_dtype("flux", "cuda") == "bfloat16"
 
 
-def test_one_override_runs_a_local_folder(folders: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "run.py", "model=local", f"model.path={folders['sd']}", "inverter=ddim",
-         "schedule.num_steps=2", "max_images=1", "warmup=0", "progress=false", f"hydra.run.dir={out}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "warn" not in proc.stderr.lower().replace("load average", "")  # no dtype / size warnings
+def test_one_override_runs_a_local_folder(local_runs) -> None:
+    root, codes, stderr = local_runs
+    out = root / "sd"
+    assert codes["sd"] == 0, stderr["sd"][-2000:]
+    assert "warn" not in stderr["sd"].lower().replace("load average", "")  # no dtype / size warnings
     df = read_records(out / RESULTS_FILE)
     assert (df["status"] == "ok").all()
     assert df["dtype"].unique().tolist() == ["float32"] and df["model"].unique().tolist() == ["my_sd"]  # the folder's name
     assert df["checkpoint"].iloc[0].startswith("my_sd@") and df["adapter"].iloc[0] == "my_sd"
 
 
-def test_model_local_without_path_is_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "run.py", "model=local", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "run.py: model=local needs model.path=<a local diffusers pipeline folder>"
+def test_model_local_without_path_is_one_line(local_runs) -> None:
+    root, codes, stderr = local_runs
+    assert codes["no_path"] == 2
+    assert stderr["no_path"].strip() == "run.py: model=local needs model.path=<a local diffusers pipeline folder>"
 
 
-def test_a_flux_folder_runs_on_the_flow_default_schedule_with_its_label(folders: dict[str, Path], tmp_path: Path) -> None:
+def test_a_flux_folder_runs_on_the_flow_default_schedule_with_its_label(local_runs) -> None:
     """No schedule= given: the flow family's default (flow4), not conf/config.yaml's ddim10;
     model.name= labels the rows."""
-    out = tmp_path / "run"
-    proc = _run("model=local", f"model.path={folders['flux']}", "model.name=my_label", *FAST, f"hydra.run.dir={out}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    root, codes, stderr = local_runs
+    out = root / "flux"
+    assert codes["flux"] == 0, stderr["flux"][-2000:]
     df = read_records(out / RESULTS_FILE)
     assert set(df["status"]) == {"ok", "unavailable"}  # unavailable: the time_network=false rows
     assert set(df["schedule"]) == {"flow4"} and set(df["model"]) == {"my_label"}
     assert df["checkpoint"].iloc[0].startswith("my_flux@")
 
 
-def test_an_explicit_schedule_wins_over_the_family_default(folders: dict[str, Path], tmp_path: Path) -> None:
-    proc = _run("model=local", f"model.path={folders['flux']}", "schedule=ddim10", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 2 and "schedule=ddim10 (kind ddim) does not apply to model=local" in proc.stderr
+def test_an_explicit_schedule_wins_over_the_family_default(local_runs) -> None:
+    root, codes, stderr = local_runs
+    assert codes["explicit"] == 2 and "schedule=ddim10 (kind ddim) does not apply to model=local" in stderr["explicit"]
 
 
 def test_default_schedule_follows_the_family_without_loading(folders: dict[str, Path]) -> None:
@@ -114,6 +103,27 @@ def pickled(tmp_path_factory) -> Path:
         torch.save(load_file(file), file.with_name("pytorch_model.bin"))
         file.unlink()
     return folder
+
+
+@pytest.fixture(scope="module")
+def local_runs(folders: dict[str, Path], pickled: Path,
+               tmp_path_factory) -> tuple[Path, dict[str, int], dict[str, str]]:
+    """This module's unmarked run.py runs in one child process (tests/run_many.py: run.py's __main__ once per
+    run, each with its own exit status and stderr): (their folder, exit codes, stderrs). The SD run goes first,
+    so that its stderr holds whatever the first import in a fresh process prints (it must hold no warning)."""
+    root = tmp_path_factory.mktemp("local_runs")
+    codes = run_in_one_process([
+        ("sd", ["model=local", f"model.path={folders['sd']}", "inverter=ddim", "schedule.num_steps=2", "max_images=1",
+                "warmup=0", "progress=false", f"hydra.run.dir={root / 'sd'}"]),
+        ("no_path", ["model=local", f"hydra.run.dir={root / 'no_path'}"]),
+        ("flux", ["model=local", f"model.path={folders['flux']}", "model.name=my_label", *FAST,
+                  f"hydra.run.dir={root / 'flux'}"]),
+        ("explicit", ["model=local", f"model.path={folders['flux']}", "schedule=ddim10",
+                      f"hydra.run.dir={root / 'explicit'}"]),
+        ("pickled_sweep", ["-m", "model=local", f"model.path={pickled}", *FAST,
+                           f"hydra.sweep.dir={root / 'pickled_sweep'}"]),
+    ], root / "logs", timeout=900)
+    return root, codes, {name: (root / "logs" / f"{name}.err").read_text(encoding="utf-8") for name in codes}
 
 
 @pytest.mark.slow
@@ -150,8 +160,8 @@ def test_a_model_that_cannot_load_stops_a_single_run_in_one_line(folders: dict[s
                                          f"one: use model.path={wrapped}/pipeline")
 
 
-def test_a_model_that_cannot_load_is_failed_rows_in_a_multirun(pickled: Path, tmp_path: Path) -> None:
-    proc = _run("-m", "model=local", f"model.path={pickled}", *FAST, f"hydra.sweep.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    df = read_records(tmp_path / "0" / RESULTS_FILE)
+def test_a_model_that_cannot_load_is_failed_rows_in_a_multirun(local_runs) -> None:
+    root, codes, stderr = local_runs
+    assert codes["pickled_sweep"] == 0, stderr["pickled_sweep"][-2000:]
+    df = read_records(root / "pickled_sweep" / "0" / RESULTS_FILE)
     assert (df["status"] == "failed").all() and df["reason"].str.contains("allow_pickle").all()

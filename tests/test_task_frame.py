@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from eval.data import sample_dataset
 from eval.settings import RunSettings
 from eval.tasks import TASKS, run, task_class
 from gnri.models.base import ScheduleSpec
+from run_many import run_in_one_process  # noqa: E402 - tests/run_many.py
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_TASK = '''
@@ -71,34 +71,46 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "pkg", root / "conf"
 
 
-def test_a_new_task_is_one_file_and_one_config(toy: tuple[Path, Path], tmp_path: Path) -> None:
+GIT_STATUS = ["git", "status", "--porcelain", "--", "conf", "eval", "gnri", "run.py"]  # what a new task would touch
+
+
+@pytest.fixture(scope="module")
+def task_runs(toy: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int], str]:
+    """This module's run.py runs in one child process (tests/run_many.py: run.py's __main__ once per run, each with
+    its own exit status and stderr), the toy task's folder on PYTHONPATH: (their folder, exit codes, git status
+    before them). The unknown task runs first, so that its stderr holds whatever a fresh process prints."""
     package, conf = toy
-    git_status = ["git", "status", "--porcelain", "--", "conf", "eval", "gnri", "run.py"]  # what a new task would touch
-    before = subprocess.run(git_status, cwd=ROOT, capture_output=True, text=True).stdout
+    root = tmp_path_factory.mktemp("task_runs")
+    before = subprocess.run(GIT_STATUS, cwd=ROOT, capture_output=True, text=True).stdout
     env = {**os.environ, "PYTHONPATH": f"{package}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    out = subprocess.run(
-        [sys.executable, "run.py", "--config-dir", str(conf), "task=toy", "model=tiny_sd", "dataset=sample",
-         "max_images=3", "schedule.num_steps=2", "progress=false", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = pd.read_csv(tmp_path / "run" / "results.csv")
+    codes = run_in_one_process([
+        ("unknown", ["task.name=nosuch", "model=tiny_sd", "dataset=sample", f"hydra.run.dir={root / 'unknown'}"]),
+        ("toy", ["--config-dir", str(conf), "task=toy", "model=tiny_sd", "dataset=sample", "max_images=3",
+                 "schedule.num_steps=2", "progress=false", f"hydra.run.dir={root / 'run'}"]),
+    ], root / "logs", env=env, timeout=600)
+    return root, codes, before
+
+
+def test_a_new_task_is_one_file_and_one_config(task_runs: tuple[Path, dict[str, int], str]) -> None:
+    root, codes, before = task_runs
+    assert codes["toy"] == 0, (root / "logs" / "toy.err").read_text(encoding="utf-8")[-2000:]
+    rows = pd.read_csv(root / "run" / "results.csv")
     assert len(rows) == 3 * 2 and set(rows["metric"]) == {"toy_latent_mean", "toy_scale"}
     status = [set(rows[rows["image"] == image]["status"]) for image in rows["image"].unique()]  # plan order
     assert status == [{"ok"}, {"skipped"}, {"failed"}]
     assert (rows[rows["metric"] == "toy_scale"]["value"].dropna() == 2.5).all()
     assert "RuntimeError: the toy fails its third image" in set(rows["reason"])
-    after = subprocess.run(git_status, cwd=ROOT, capture_output=True, text=True).stdout
+    after = subprocess.run(GIT_STATUS, cwd=ROOT, capture_output=True, text=True).stdout
     assert before == after
 
 
-def test_an_unknown_task_is_one_line_before_loading(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "run.py", "task.name=nosuch", "model=tiny_sd", "dataset=sample",
-                          f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert out.returncode == 2
-    assert out.stderr.strip() == ("run.py: task.name='nosuch' is not a task; valid: reconstruct, edit, interpolate, "
-                                  "exact, edit_chain, seed_select (or give task._target_: package.module.TaskClass)")
+def test_an_unknown_task_is_one_line_before_loading(task_runs: tuple[Path, dict[str, int], str]) -> None:
+    root, codes, _ = task_runs
+    assert codes["unknown"] == 2
+    assert (root / "logs" / "unknown.err").read_text(encoding="utf-8").strip() == (
+        "run.py: task.name='nosuch' is not a task; valid: reconstruct, edit, interpolate, "
+        "exact, edit_chain, seed_select (or give task._target_: package.module.TaskClass)")
     with pytest.raises(ValueError, match="is not an eval.task.TaskRun subclass"):
         task_class("x", "eval.settings.RunSettings")
 

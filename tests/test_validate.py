@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from omegaconf import OmegaConf
 
 from eval import validate
 from eval.data import sample_dataset
+from run_many import run_in_one_process  # noqa: E402 - tests/run_many.py
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -114,17 +113,29 @@ def test_dataset_path_missing_or_absent() -> None:
         validate.check_dataset_config("folder", cfg.dataset)
 
 
-@pytest.mark.parametrize("overrides, message", [
+STOPS = [
     (["inverter=gnri", "inverter.max_iters=0"], "run.py: inverter=gnri: inverter.max_iters=0 must be >= 1"),
     (["schedule=flow4"], "run.py: schedule=flow4 (kind flow_euler) does not apply to model=sd15"),
-])
-def test_run_py_stops_before_loading_the_model(tmp_path: Path, overrides: list[str], message: str) -> None:
-    # The model points at a folder that does not exist: loading it would fail with another error.
-    proc = subprocess.run(
-        [sys.executable, "run.py", "model=sd15", f"model.pretrained={tmp_path / 'absent'}", *overrides,
-         f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [message + proc.stderr.strip().removeprefix(message)]
-    assert proc.stderr.strip().startswith(message)
-    assert not (tmp_path / "run" / "results.csv").exists()
+]
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """The runs of STOPS in one child process (tests/run_many.py: run.py's __main__ once per run, each with its
+    own exit status and stderr): (their folder, exit codes). The model points at a folder that does not exist:
+    loading it would fail with another error."""
+    root = tmp_path_factory.mktemp("stops")
+    runs = [(str(i), ["model=sd15", f"model.pretrained={root / str(i) / 'absent'}", *overrides,
+                      f"hydra.run.dir={root / str(i) / 'run'}"]) for i, (overrides, _) in enumerate(STOPS)]
+    return root, run_in_one_process(runs, root / "logs", timeout=600)
+
+
+@pytest.mark.parametrize("case", range(len(STOPS)))
+def test_run_py_stops_before_loading_the_model(stopped: tuple[Path, dict[str, int]], case: int) -> None:
+    root, codes = stopped
+    message = STOPS[case][1]
+    stderr = (root / "logs" / f"{case}.err").read_text(encoding="utf-8")
+    assert codes[str(case)] == 2
+    assert stderr.strip().splitlines() == [message + stderr.strip().removeprefix(message)]
+    assert stderr.strip().startswith(message)
+    assert not (root / str(case) / "run" / "results.csv").exists()
