@@ -231,8 +231,8 @@ def test_every_task_config_composes(name: str) -> None:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"task={name}"])
     assert cfg.task.name == name
-    expected = "eval.edit_data.world_edit_dataset" if name == "edit" else "eval.data.sample_dataset"
-    assert cfg.dataset._target_ == expected  # task=edit switches to the world's edit pairs
+    own = {"edit": "eval.edit_data.world_edit_dataset", "seed_select": "eval.concepts.world_concept_dataset"}
+    assert cfg.dataset._target_ == own.get(name, "eval.data.sample_dataset")  # edit / seed_select bring their data
 
 
 class _CountingAdapter:
