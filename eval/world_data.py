@@ -9,6 +9,8 @@ like any other dataset. A render that does not match its digest is recorded as a
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 from eval.data import Entry
@@ -36,9 +38,9 @@ def save_png(image: object, path: Path) -> None:
     if path.is_file():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(image).save(tmp)  # type: ignore[arg-type]
-    tmp.replace(path)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.png")  # own name per writer:
+    Image.fromarray(image).save(tmp)  # type: ignore[arg-type]  # jobs of a sweep render the same scene at once
+    tmp.replace(path)  # atomic; a concurrent writer's identical file is simply replaced
 
 
 def world_dataset(

@@ -59,3 +59,34 @@ def test_world_model_folder_variants():
     assert world_model_folder("flux", variant="world_longtail") == world_dir().parent / "world_longtail" / "flux"
     with pytest.raises(ValueError, match="model.variant must be one of"):
         world_model_folder("sd", variant="longtail")
+
+
+def test_save_png_is_safe_for_concurrent_writers(tmp_path):
+    """Jobs of a sweep render and cache the same scene at once: each writer uses its own temporary file."""
+    import threading
+
+    import numpy as np
+    from PIL import Image
+
+    from eval.world_data import save_png
+
+    image = np.full((8, 8, 3), 7, dtype=np.uint8)
+    target = tmp_path / "scene.png"
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for _ in range(20):
+                save_png(image, target)
+                target.unlink(missing_ok=True)
+        except BaseException as err:  # noqa: BLE001 - any error of a writer fails the test
+            errors.append(err)
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    save_png(image, target)
+    assert not errors and (np.asarray(Image.open(target)) == 7).all()
+    assert not list(tmp_path.glob("*.tmp.png"))
