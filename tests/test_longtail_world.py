@@ -90,3 +90,20 @@ def test_save_png_is_safe_for_concurrent_writers(tmp_path):
     save_png(image, target)
     assert not errors and (np.asarray(Image.open(target)) == 7).all()
     assert not list(tmp_path.glob("*.tmp.png"))
+
+
+def test_longtail_pipeline_folders_load_with_the_worlds_shared_parts():
+    """The committed long-tail folders load (their VAE / text tower / tokenizers are symlinks into
+    datasets/world) and carry their own denoiser, not the world's."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from eval.world_data import world_dir, world_model_folder
+
+    sd = world_model_folder("sd", variant="world_longtail")
+    assert (sd / "vae").is_symlink() and (sd / "vae").resolve() == (world_dir() / "sd" / "vae").resolve()
+    assert not (sd / "unet").is_symlink() and not (world_model_folder("flux", variant="world_longtail") / "transformer").is_symlink()
+    ours = UNet2DConditionModel.from_pretrained(sd / "unet")
+    theirs = UNet2DConditionModel.from_pretrained(world_dir() / "sd" / "unet")
+    a, b = next(iter(ours.state_dict().values())), next(iter(theirs.state_dict().values()))
+    assert a.shape == b.shape and not torch.equal(a, b)

@@ -70,7 +70,11 @@ def test_launcher_runs_a_two_job_sweep(tmp_path: Path, launcher: str) -> None:
     _check(proc)
     tables = [read_records(p) for p in sorted(sweep.glob("*/" + RESULTS_FILE))]
     assert sorted(t["inverter"].iloc[0] for t in tables) == ["ddim", "fixed_point3"]
-    assert all((t["status"] == "ok").all() for t in tables)
+    # Every row ok, except the bare network's backward time, which the harness records as unavailable
+    # ("clock noise") when, under the load of a parallel test run, forward+backward times no slower than forward.
+    noisy = lambda t: (t["metric"] == "time_network_backward_s") & t["reason"].fillna("").str.contains("clock noise")  # noqa: E731
+    bad = [t.loc[(t["status"] != "ok") & ~noisy(t), ["inverter", "metric", "status", "reason"]] for t in tables]
+    assert all(b.empty for b in bad), [b.to_dict("records") for b in bad]
     assert (sweep / SUMMARY_FILE).is_file()
 
 
