@@ -11,7 +11,7 @@ image (each image sees exactly what it sees alone).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -36,6 +36,14 @@ def cache_fields(settings: RunSettings, adapter: ModelAdapter) -> dict[str, Any]
 def image_cache_key(settings: RunSettings, adapter: ModelAdapter, entry: Entry) -> dict[str, Any]:
     """The cache fields of an entry's image for this model: checkpoint, device, dtype, size, file hash."""
     return {**cache_fields(settings, adapter), "size": list(adapter.image_size()), "image": file_digest(entry.path)}
+
+
+def inversion_cache_key(settings: RunSettings, image_key: dict[str, Any]) -> dict[str, Any]:
+    """The cache key of one image's inversion in this run: the image's key (:func:`image_cache_key`,
+    plus whatever the caller adds, e.g. the caption) with the inverter, its parameters, the schedule,
+    the seed and the guidance (everything the inverted state depends on)."""
+    return {**image_key, "inverter": settings.inverter, "inverter_params": dict(settings.inverter_params),
+            "schedule": asdict(settings.schedule), "seed": settings.seed, **settings.guidance_options()}
 
 
 def fitted_pixels(entry: Entry, size: tuple[int, int]) -> Tensor:

@@ -23,6 +23,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from eval.report.pairing import VERDICT_COLUMNS, paired_verdicts
+from eval.report.scorers import run_config
 
 EDIT_TYPE = "edit_type"
 WORLD_ID = re.compile(r"^edit_\d+_([a-z]+)$")
@@ -32,14 +33,6 @@ PIEBENCH_TYPES = {"0": "random", "1": "change object", "2": "add object", "3": "
                   "4": "change content", "5": "change pose", "6": "change colour", "7": "change material",
                   "8": "change background", "9": "change style"}
 PIEBENCH_MAPPING = "mapping_file.json"
-
-
-def _config(text: Any) -> dict[str, Any]:
-    try:
-        value = json.loads(text) if isinstance(text, str) and text else {}
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def types_from_dataset(dataset: dict[str, Any]) -> dict[str, str]:
@@ -84,7 +77,7 @@ def add_edit_types(records: pd.DataFrame) -> pd.DataFrame:
     types = pd.Series("", index=out.index, dtype=object)
     configs = out["config"] if "config" in out.columns else pd.Series("", index=out.index)
     for text, block in out.groupby(configs.astype(str), sort=False):
-        known = types_from_dataset(_config(text).get("dataset") or {})
+        known = types_from_dataset(run_config(text).get("dataset") or {})
         types[block.index] = [known.get(str(i)) or world_type(i) for i in block["image"]]
     out[EDIT_TYPE] = types.astype(str)
     return out

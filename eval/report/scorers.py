@@ -76,7 +76,8 @@ def scorers_of(config: Mapping[str, Any]) -> dict[str, str]:
     return {m: s for m, s in out.items() if s}
 
 
-def _config(text: Any) -> dict[str, Any]:
+def run_config(text: Any) -> dict[str, Any]:
+    """A row's ``config`` JSON as a dict ({} when missing or unreadable)."""
     try:
         value = json.loads(text) if isinstance(text, str) and text else {}
     except json.JSONDecodeError:
@@ -90,7 +91,7 @@ def add_scorers(records: pd.DataFrame) -> pd.DataFrame:
     scorer = pd.Series("", index=out.index, dtype=object)
     if "config" in out.columns and not out.empty:
         for text, block in out.groupby(out["config"].astype(str), sort=False):
-            known = scorers_of(_config(text))
+            known = scorers_of(run_config(text))
             scorer[block.index] = block["metric"].astype(str).map(lambda m: known.get(m, "")).to_numpy()
     out[SCORER] = scorer.astype(str)
     return out
@@ -113,7 +114,7 @@ def scorer_notes(records: pd.DataFrame) -> list[str]:
         lines.append(f"- `{metric}`: " + "; ".join(dict.fromkeys(block[SCORER])))
     foreign = set()
     for text, block in scored[scored[SCORER] == WORLD_CLIP].groupby(scored["config"].astype(str), sort=False):
-        name = dataset_of(_config(text))
+        name = dataset_of(run_config(text))
         if name and name not in WORLD_DATASETS:
             foreign.add(name)
     if foreign:

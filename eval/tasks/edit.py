@@ -27,7 +27,7 @@ every editor of a sweep edits the same inversion, timed once.
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -42,7 +42,7 @@ from eval.metrics.diagnostics import EDIT_METRIC_ORDER, directions
 from eval.metrics.edit import build_edit_metrics
 from eval.metrics.scoring import score
 from eval.cache import result_from_tensors, result_to_tensors
-from eval.prepare import cached_conditioning, cached_image, image_cache_key
+from eval.prepare import cached_conditioning, cached_image, image_cache_key, inversion_cache_key
 from eval.settings import RunSettings, settings_for_task
 from eval.task import AdapterSource, Fail, Skip, TaskRun, Value, one_line
 from eval.timed import invert_once, timed_inversion, warm_up
@@ -244,8 +244,7 @@ class Edit(TaskRun):
         """The source's inversion: from the sweep's cache (made by an earlier job of the same inverter,
         with the seconds and NFE measured then), or warmed up, timed and stored."""
         s = self.settings
-        key = {**image_key, "inverter": s.inverter, "inverter_params": dict(s.inverter_params),
-               "schedule": asdict(s.schedule), "seed": s.seed, **s.guidance_options()}
+        key = inversion_cache_key(s, image_key)
         hit = self.cache.get("inversion", key, latent.device)
         if hit is not None:
             tensors, meta = hit

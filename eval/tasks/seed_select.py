@@ -54,7 +54,7 @@ import torch
 from eval.concepts import BINS, ConceptEntry
 from eval.data import Entry
 from eval.finite import check_finite, diverged_reason
-from eval.prepare import cached_conditioning, cached_image, image_cache_key
+from eval.prepare import cached_conditioning, cached_image, image_cache_key, inversion_cache_key
 from eval.records import Unavailable
 from eval.seeds import NOT_IMPLEMENTED, SEED_RULES, seed_rule, seeds_around
 from eval.settings import RunSettings
@@ -230,8 +230,7 @@ class SeedSelect(TaskRun):
                   cond: Any) -> tuple[Tensor, float, int]:
         """(inverted latent z, seconds, NFE) of one reference: from the sweep's cache or timed and stored."""
         s = self.settings
-        key = {**image_key, "inverter": s.inverter, "inverter_params": dict(s.inverter_params),
-               "schedule": asdict(s.schedule), "seed": s.seed, **s.guidance_options()}
+        key = inversion_cache_key(s, image_key)
         hit = self.cache.get("seed_inversion", key, latent.device)
         if hit is not None:
             tensors, meta = hit
