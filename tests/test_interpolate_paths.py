@@ -97,3 +97,18 @@ def test_unknown_path_is_one_clear_error() -> None:
         make_path("cubic")
     with pytest.raises(ValueError, match="task.nao options apply to path=nao only"):
         make_path("slerp", steps=3)
+
+
+def test_run_py_refuses_an_unknown_path_in_one_line(tmp_path):
+    """A wrong ``task.path`` stops run.py with one line naming the option, before any model loads."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "run.py", "task=interpolate", "task.path=cubic", f"hydra.run.dir={tmp_path}"],
+                          cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == ["run.py: task.path must be one of ('slerp', 'linear', 'nao'), got 'cubic'"], lines

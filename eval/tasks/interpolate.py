@@ -60,11 +60,17 @@ class Interpolate(TaskRun):
         points = int(options.get("num_points", 7))
         path = str(options.get("path", "slerp"))
         nao = dict(options.get("nao") or {}) if path == "nao" else {}
-        make_path(path, **nao)  # a wrong task.path / task.nao fails here, before any model loads
+        make_path(path, **nao)  # a wrong task.path / task.nao fails here (run.py checks it first: check_options)
         params = {**dict(settings.inverter_params), "num_points": points, "path": path, **({"nao": nao} if nao else {})}
         lpips = LPIPS(net=options.get("lpips_net", "alex"), cache_dir=lpips_cache)
         return cls(settings, adapter, f"{settings.inverter}+{path}", params, shard, inverter, num_points=points,
                    lpips=lpips, path=path, nao=nao, clip=clip_metric(options.get("clip")))
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """``task.path`` / ``task.nao`` checked before any model loads (run.py): one-line ValueError."""
+        path = str(options.get("path", "slerp"))
+        make_path(path, **(dict(options.get("nao") or {}) if path == "nao" else {}))
 
     def directions(self) -> Mapping[str, bool]:
         return INTERP_METRICS
